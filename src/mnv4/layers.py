@@ -1,0 +1,149 @@
+"""Small building layers shared by the MobileNetV4 blocks.
+
+Module and attribute names follow timm's MobileNetV4 modules (``conv``/``bn``, ``gamma``, ...) so that the
+released timm checkpoints load into this package with ``strict=True``; see mnv4-spec §5.1 for the mapping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` without dropping more than 10% (MobileNet rule).
+
+    Used for expanded widths (in * expand) and for width multipliers (TF nn_blocks / timm helpers, spec §2.6).
+    """
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < round_limit * value:
+        rounded += divisor
+    return rounded
+
+
+def make_activation(name: str) -> nn.Module:
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "gelu":
+        return nn.GELU()  # exact (erf) GELU, as timm's Hybrid-L (spec §2.6)
+    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """BatchNorm2d followed by an optional activation.
+
+    A subclass rather than a wrapper so that its state-dict keys are exactly BatchNorm2d's (``weight``, ``bias``,
+    ``running_mean``, ...), as in timm's checkpoints.
+    """
+
+    def __init__(self, num_features: int, act: str | None = None, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.act = make_activation(act) if act else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+class BlurPool2d(nn.Module):
+    """Anti-aliased stride-2 downsampling: 3x3 binomial blur ([1, 2, 1]/4 outer product), zero padding 1, stride 2.
+
+    timm's ``aa_layer='blurpc'`` (Zhang, "Making Convolutional Networks Shift-Invariant Again", 2019). The filter is
+    a non-persistent buffer, so it is not part of the state dict (as in timm).
+    """
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        self.channels = channels
+        self.stride = stride
+        taps = torch.tensor([1.0, 2.0, 1.0]) / 4.0
+        filt = (taps[:, None] * taps[None, :]).expand(channels, 1, 3, 3).clone()
+        self.register_buffer("filt", filt, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.filt.to(x.dtype), stride=self.stride, padding=1, groups=self.channels)
+
+
+def make_downsample(aa: str | None, channels: int) -> nn.Module:
+    """The pooling that follows a stride-1 conv in the anti-aliased variants (spec §5.3)."""
+    if aa == "avg":
+        return nn.AvgPool2d(2)
+    if aa == "blurpc":
+        return BlurPool2d(channels)
+    raise ValueError(f"unknown anti-aliasing layer {aa!r}; expected 'avg' or 'blurpc'")
+
+
+def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False) -> nn.Conv2d:
+    """A conv with symmetric 'same'-size padding ((k - 1) // 2 each side), as timm trains MNv4 (spec §5.2)."""
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=bias)
+
+
+class ConvNormAct(nn.Module):
+    """conv (no bias) -> BN -> optional activation -> optional anti-aliasing downsample.
+
+    With ``aa`` set and stride 2, the conv runs at stride 1 and the pool after the activation does the stride.
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        groups: int = 1,
+        act: str | None = "relu",
+        aa: str | None = None,
+    ):
+        super().__init__()
+        use_aa = aa is not None and stride > 1
+        self.conv = conv2d(in_ch, out_ch, kernel, 1 if use_aa else stride, groups)
+        self.bn = BatchNormAct2d(out_ch, act)
+        if use_aa:
+            self.aa = make_downsample(aa, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        aa = getattr(self, "aa", None)
+        return aa(x) if aa is not None else x
+
+
+class LayerScale2d(nn.Module):
+    """Per-channel learnable scale on a residual branch (init 1e-5 in the hybrids, spec §2.6)."""
+
+    def __init__(self, channels: int, init_value: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1)
+
+
+def make_drop_path(rate: float) -> nn.Module:
+    """Stochastic depth on a residual branch: torchvision's row-wise StochasticDepth (rescales by 1/(1-p))."""
+    return StochasticDepth(rate, mode="row") if rate > 0 else nn.Identity()
+
+
+def init_weights_goog(module: nn.Module) -> None:
+    """TF-style initialisation used by timm's EfficientNet builder (spec §2.6).
+
+    Convs: N(0, sqrt(2 / fan_out)) with fan_out = k*k*out/groups; BN: 1/0; Linear: U(+-1/sqrt(out)), bias 0.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            bound = 1.0 / math.sqrt(m.weight.size(0))
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)

@@ -1,0 +1,372 @@
+"""The MobileNetV4 family as data: one table per model, one row per block, read side by side with the paper.
+
+Row types (columns in the order of the paper's appendix tables 11-15):
+
+    Conv(kernel, out, stride)                       Conv2D + BN + act, no residual
+    FusedIB(kernel, expand, out, stride)            full k x k conv expand + linear 1x1 projection
+    UIB(start_dw, mid_dw, expand, out, stride)      DW kernels K1 / K2, 0 = absent:
+                                                    ExtraDW (K1, K2), IB (-, K2), ConvNext (K1, -), FFN (-, -)
+    MQA(heads, head_dim, kv_stride, out)            Mobile MQA, key = value dim = head_dim, kv_stride 2 = DW 3x3 s2
+
+``expand`` is the expansion ratio; the paper tables print the expanded width (in x expand), given in comments.
+A stage is a list of rows; a new stage starts at every stride-2 row (timm's grouping: its ``blocks.i.j`` keys and
+feature levels follow it). The stem (3x3 s2 conv) and the head (global pool -> 1x1 conv 1280 + BN + act ->
+dropout -> linear) are the same for every model (spec §1, §2.5) and live in ``model.py``.
+
+Where the released models (TF Model Garden = timm, whose checkpoints this package loads) differ from the paper,
+the tables follow the released models:
+- Conv-S rows 2-5: the paper draws two "FusedIB" blocks; the code has four Conv2D + BN + ReLU layers (the 1x1s have
+  BN and an activation, no residual) -- spec §2.1.
+- Hybrid-M: the /16 and /32 stages follow TF ``_mnv4_hybrid_medium_block_specs``, not paper Tab. 13 (spec §3.4).
+- Parameter counts: the paper's Tab. 6 counts are 0.5-1.9 M lower than the released models for M/L; the released
+  counts (3,774,024 / 9,715,512 / 32,590,864 / 11,074,648 / 37,764,624) are what this package reproduces (spec §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Conv:
+    kernel: int
+    out: int
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class FusedIB:
+    kernel: int
+    expand: float
+    out: int
+    stride: int = 1
+
+
+@dataclass(frozen=True)
+class UIB:
+    start_dw: int
+    mid_dw: int
+    expand: float
+    out: int
+    stride: int = 1
+
+    @property
+    def kind(self) -> str:
+        return {(True, True): "ExtraDW", (False, True): "IB", (True, False): "ConvNext", (False, False): "FFN"}[
+            (bool(self.start_dw), bool(self.mid_dw))
+        ]
+
+
+@dataclass(frozen=True)
+class MQA:
+    heads: int
+    head_dim: int
+    kv_stride: int
+    out: int
+    stride: int = 1  # MQA blocks never downsample the block output
+
+
+Row = Conv | FusedIB | UIB | MQA
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that defines one variant; ``stages`` is the layer table."""
+
+    name: str
+    stages: tuple[tuple[Row, ...], ...]
+    stem: int  # stem conv width
+    resolution: int  # native (paper / default tag) input size
+    act: str = "relu"
+    layer_scale: float | None = None  # init value of layer scale on UIB and MQA blocks (hybrids: 1e-5)
+    width: float = 1.0  # channel multiplier (timm's extras: 0.35, 0.5, 0.75)
+    aa: str | None = None  # anti-aliased downsampling in blocks: 'avg' or 'blurpc' (timm's extras)
+    head_hidden: int = 1280  # the post-pool 1x1 conv width (not scaled by ``width``)
+    description: str = ""
+    source: str = ""
+    top1: float | None = None  # published ImageNet-1k top-1 of the paper model (paper Tab. 6)
+    extra: bool = False  # not one of the five paper models
+    notes: tuple[str, ...] = field(default=())
+
+    def blocks(self) -> list[Row]:
+        return [row for stage in self.stages for row in stage]
+
+
+def _stages(*stages: list[Row]) -> tuple[tuple[Row, ...], ...]:
+    return tuple(tuple(stage) for stage in stages)
+
+
+# MNv4-Conv-S, 224 px -- paper Tab. 11, TF MNV4ConvSmall_BLOCK_SPECS.
+CONV_SMALL = ModelSpec(
+    name="mobilenetv4_conv_small",
+    description="MNv4-Conv-S",
+    source="paper Tab. 11",
+    stem=32,
+    resolution=224,
+    top1=73.8,
+    stages=_stages(
+        [   # 112 px in.  Paper: FusedIB (expanded 32 -> 32); code: two conv layers, both with BN + ReLU.
+            Conv(3, 32, stride=2),
+            Conv(1, 32),
+        ],
+        [   # 56 px in.  Paper: FusedIB (expanded 96 -> 64); code: two conv layers, both with BN + ReLU.
+            Conv(3, 96, stride=2),
+            Conv(1, 64),
+        ],
+        [   # 28 px in.  K1 K2 exp out              expanded
+            UIB(5, 5, 3, 96, stride=2),  # ExtraDW  192
+            UIB(0, 3, 2, 96),            # IB       192
+            UIB(0, 3, 2, 96),            # IB       192
+            UIB(0, 3, 2, 96),            # IB       192
+            UIB(0, 3, 2, 96),            # IB       192
+            UIB(3, 0, 4, 96),            # ConvNext 384
+        ],
+        [   # 14 px in.
+            UIB(3, 3, 6, 128, stride=2),  # ExtraDW 576
+            UIB(5, 5, 4, 128),            # ExtraDW 512
+            UIB(0, 5, 4, 128),            # IB      512
+            UIB(0, 5, 3, 128),            # IB      384
+            UIB(0, 3, 4, 128),            # IB      512
+            UIB(0, 3, 4, 128),            # IB      512
+        ],
+        [   # 7 px in.
+            Conv(1, 960),
+        ],
+    ),
+)
+
+# MNv4-Conv-M, 256 px -- paper Tab. 12 (identical to TF and timm).
+CONV_MEDIUM = ModelSpec(
+    name="mobilenetv4_conv_medium",
+    description="MNv4-Conv-M",
+    source="paper Tab. 12",
+    stem=32,
+    resolution=256,
+    top1=79.9,
+    stages=_stages(
+        [   # 128 px in.      k exp out
+            FusedIB(3, 4, 48, stride=2),  # expanded 128
+        ],
+        [   # 64 px in.  K1 K2 exp out
+            UIB(3, 5, 4, 80, stride=2),  # ExtraDW  192
+            UIB(3, 3, 2, 80),            # ExtraDW  160
+        ],
+        [   # 32 px in.
+            UIB(3, 5, 6, 160, stride=2),  # ExtraDW  480
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 5, 4, 160),            # ExtraDW  640
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 0, 4, 160),            # ConvNext 640
+            UIB(0, 0, 2, 160),            # FFN      320
+            UIB(3, 0, 4, 160),            # ConvNext 640
+        ],
+        [   # 16 px in.
+            UIB(5, 5, 6, 256, stride=2),  # ExtraDW  960
+            UIB(5, 5, 4, 256),            # ExtraDW  1024
+            UIB(3, 5, 4, 256),            # ExtraDW  1024
+            UIB(3, 5, 4, 256),            # ExtraDW  1024
+            UIB(0, 0, 4, 256),            # FFN      1024
+            UIB(3, 0, 4, 256),            # ConvNext 1024
+            UIB(3, 5, 2, 256),            # ExtraDW  512
+            UIB(5, 5, 4, 256),            # ExtraDW  1024
+            UIB(0, 0, 4, 256),            # FFN      1024
+            UIB(0, 0, 4, 256),            # FFN      1024
+            UIB(5, 0, 2, 256),            # ConvNext 512
+        ],
+        [   # 8 px in.
+            Conv(1, 960),
+        ],
+    ),
+)
+
+# MNv4-Conv-L, 384 px -- paper Tab. 14 (identical to TF and timm).
+CONV_LARGE = ModelSpec(
+    name="mobilenetv4_conv_large",
+    description="MNv4-Conv-L",
+    source="paper Tab. 14",
+    stem=24,
+    resolution=384,
+    top1=82.9,
+    stages=_stages(
+        [   # 192 px in.      k exp out
+            FusedIB(3, 4, 48, stride=2),  # expanded 96
+        ],
+        [   # 96 px in.  K1 K2 exp out
+            UIB(3, 5, 4, 96, stride=2),  # ExtraDW  192
+            UIB(3, 3, 4, 96),            # ExtraDW  384
+        ],
+        [   # 48 px in.
+            UIB(3, 5, 4, 192, stride=2),  # ExtraDW  384
+            UIB(3, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 5, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 0, 4, 192),            # ConvNext 768
+        ],
+        [   # 24 px in.
+            UIB(5, 5, 4, 512, stride=2),  # ExtraDW  768
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 3, 4, 512),            # ExtraDW  2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 3, 4, 512),            # ExtraDW  2048
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+        ],
+        [   # 12 px in.
+            Conv(1, 960),
+        ],
+    ),
+)
+
+# MNv4-Hybrid-M, 256 px -- the RELEASED layer list (TF _mnv4_hybrid_medium_block_specs = timm), which differs from
+# paper Tab. 13 in the /16 and /32 stages (spec §3.4). Layer scale 1e-5 on every UIB and MQA block.
+HYBRID_MEDIUM = ModelSpec(
+    name="mobilenetv4_hybrid_medium",
+    description="MNv4-Hybrid-M",
+    source="TF/timm release (paper Tab. 13 differs)",
+    stem=32,
+    resolution=256,
+    layer_scale=1e-5,
+    top1=80.7,
+    stages=_stages(
+        [   # 128 px in.      k exp out
+            FusedIB(3, 4, 48, stride=2),  # expanded 128
+        ],
+        [   # 64 px in.  K1 K2 exp out
+            UIB(3, 5, 4, 80, stride=2),  # ExtraDW  192
+            UIB(3, 3, 2, 80),            # ExtraDW  160
+        ],
+        [   # 32 px in.            heads dim kv_stride out
+            UIB(3, 5, 6, 160, stride=2),  # ExtraDW  480
+            UIB(0, 0, 2, 160),            # FFN      320   (paper Tab. 13: ExtraDW 3/3 e4)
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 5, 4, 160),            # ExtraDW  640
+            MQA(4, 64, 2, 160),           # Mobile MQA, K/V by DW 3x3 s2
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            MQA(4, 64, 2, 160),
+            UIB(3, 0, 4, 160),            # ConvNext 640
+            MQA(4, 64, 2, 160),
+            UIB(3, 3, 4, 160),            # ExtraDW  640   (paper Tab. 13: FFN e4)
+            MQA(4, 64, 2, 160),
+            UIB(3, 0, 4, 160),            # ConvNext 640
+        ],
+        [   # 16 px in.  (paper Tab. 13 has a different sequence here; spec §3.4)
+            UIB(5, 5, 6, 256, stride=2),  # ExtraDW  960
+            UIB(5, 5, 4, 256),            # ExtraDW  1024
+            UIB(3, 5, 4, 256),            # ExtraDW  1024
+            UIB(3, 5, 4, 256),            # ExtraDW  1024
+            UIB(0, 0, 2, 256),            # FFN      512
+            UIB(3, 5, 2, 256),            # ExtraDW  512
+            UIB(0, 0, 2, 256),            # FFN      512
+            UIB(0, 0, 4, 256),            # FFN      1024
+            MQA(4, 64, 1, 256),           # Mobile MQA, no K/V downsampling
+            UIB(3, 0, 4, 256),            # ConvNext 1024
+            MQA(4, 64, 1, 256),
+            UIB(5, 5, 4, 256),            # ExtraDW  1024
+            MQA(4, 64, 1, 256),
+            UIB(5, 0, 4, 256),            # ConvNext 1024
+            MQA(4, 64, 1, 256),
+            UIB(5, 0, 4, 256),            # ConvNext 1024
+        ],
+        [   # 8 px in.
+            Conv(1, 960),
+        ],
+    ),
+)
+
+# MNv4-Hybrid-L, 384 px -- paper Tab. 15 (identical to TF and timm); GELU (from the code, spec §2.6).
+HYBRID_LARGE = ModelSpec(
+    name="mobilenetv4_hybrid_large",
+    description="MNv4-Hybrid-L",
+    source="paper Tab. 15",
+    stem=24,
+    resolution=384,
+    act="gelu",
+    layer_scale=1e-5,
+    top1=83.4,
+    stages=_stages(
+        [   # 192 px in.      k exp out
+            FusedIB(3, 4, 48, stride=2),  # expanded 96
+        ],
+        [   # 96 px in.  K1 K2 exp out
+            UIB(3, 5, 4, 96, stride=2),  # ExtraDW  192
+            UIB(3, 3, 4, 96),            # ExtraDW  384
+        ],
+        [   # 48 px in.            heads dim kv_stride out
+            UIB(3, 5, 4, 192, stride=2),  # ExtraDW  384
+            UIB(3, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 3, 4, 192),            # ExtraDW  768
+            UIB(3, 5, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            MQA(8, 48, 2, 192),           # Mobile MQA, K/V by DW 3x3 s2
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            MQA(8, 48, 2, 192),
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            MQA(8, 48, 2, 192),
+            UIB(5, 3, 4, 192),            # ExtraDW  768
+            MQA(8, 48, 2, 192),
+            UIB(3, 0, 4, 192),            # ConvNext 768
+        ],
+        [   # 24 px in.
+            UIB(5, 5, 4, 512, stride=2),  # ExtraDW  768
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 3, 4, 512),            # ExtraDW  2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            UIB(5, 3, 4, 512),            # ExtraDW  2048
+            UIB(5, 5, 4, 512),            # ExtraDW  2048
+            MQA(8, 64, 1, 512),           # Mobile MQA, no K/V downsampling
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            MQA(8, 64, 1, 512),
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            MQA(8, 64, 1, 512),
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+            MQA(8, 64, 1, 512),
+            UIB(5, 0, 4, 512),            # ConvNext 2048
+        ],
+        [   # 12 px in.
+            Conv(1, 960),
+        ],
+    ),
+)
+
+PAPER_MODELS = (CONV_SMALL, CONV_MEDIUM, CONV_LARGE, HYBRID_MEDIUM, HYBRID_LARGE)
+
+# timm's released extras (spec §5.3): width multipliers (stem and 1280 head kept, MQA heads/dims not scaled) and
+# anti-aliased downsampling (every stride-2 conv inside the blocks runs at stride 1, then a 2x2 average pool or a
+# 3x3 zero-padded blur pool). Native resolution = the default tag's training resolution.
+EXTRA_MODELS = (
+    replace(CONV_SMALL, name="mobilenetv4_conv_small_035", width=0.35, description="Conv-S x0.35",
+            source="timm extra", top1=None, extra=True),
+    replace(CONV_SMALL, name="mobilenetv4_conv_small_050", width=0.5, description="Conv-S x0.5",
+            source="timm extra", top1=None, extra=True),
+    replace(HYBRID_MEDIUM, name="mobilenetv4_hybrid_medium_075", width=0.75, resolution=224,
+            description="Hybrid-M x0.75", source="timm extra", top1=None, extra=True),
+    replace(HYBRID_LARGE, name="mobilenetv4_hybrid_large_075", width=0.75, resolution=256,
+            description="Hybrid-L x0.75", source="timm extra", top1=None, extra=True),
+    replace(CONV_MEDIUM, name="mobilenetv4_conv_aa_medium", aa="avg", description="Conv-M, avg-pool AA",
+            source="timm extra", top1=None, extra=True),
+    replace(CONV_MEDIUM, name="mobilenetv4_conv_blur_medium", aa="blurpc", resolution=224,
+            description="Conv-M, blur-pool AA", source="timm extra", top1=None, extra=True),
+    replace(CONV_LARGE, name="mobilenetv4_conv_aa_large", aa="avg", description="Conv-L, avg-pool AA",
+            source="timm extra", top1=None, extra=True),
+)
+
+MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in PAPER_MODELS + EXTRA_MODELS}
