@@ -1,17 +1,24 @@
-"""The ``mnv4`` command: a thin shell over the library. One module per sub-command, each with ``register``.
+"""The ``mnv4`` command: a thin shell over the library. One module per sub-command in this package.
 
-A command module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
-parsed args and returning an exit code. Heavy imports stay inside those callables so ``mnv4 --help`` is instant.
+Every module here that defines ``register(subparsers)`` is a sub-command: ``register`` adds its parser and sets
+``func`` to a callable taking the parsed args and returning an exit code. Heavy imports stay inside those callables
+so ``mnv4 --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pkgutil
 import sys
 
-# Sub-command modules, in the order ``mnv4 --help`` lists them.
-COMMANDS = ("models",)
+# The order ``mnv4 --help`` lists sub-commands in; any other command module comes after these, by name.
+ORDER = ("models", "predict", "eval", "export", "bench", "roofline", "train")
+
+
+def command_modules() -> list[str]:
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,8 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnv4", description="MobileNetV4 for PyTorch: models, tools and checks.")
     parser.add_argument("--version", action="version", version=f"mnv4 {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f".{name}", __name__).register(sub)
+    for name in command_modules():
+        module = importlib.import_module(f".{name}", __name__)
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 

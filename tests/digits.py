@@ -1,0 +1,36 @@
+"""Real data for tests: scikit-learn's 1,797 handwritten digits (8x8, 16 grey levels), written as an ImageFolder.
+
+Shared by the training and quantization tests. The images are upscaled (bicubic) to ``size`` and stored as RGB PNGs
+under ``root/train/<digit>/`` and ``root/val/<digit>/`` with a fixed, stratified split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_digits_imagefolder(root: str | Path, size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Path:
+    """Write the digits as ``root/{train,val}/<label>/<index>.png``; returns ``root``. Idempotent."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = Path(root)
+    if (root / "done").exists():
+        return root
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255.0).clip(0, 255).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    for label in range(10):
+        idx = np.flatnonzero(digits.target == label)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction))
+        for split, part in (("val", idx[:n_val]), ("train", idx[n_val:])):
+            folder = root / split / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in part:
+                img = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
+                img.save(folder / f"{i:04d}.png")
+    (root / "done").touch()
+    return root
