@@ -185,3 +185,28 @@ def test_mqa_handles_odd_and_non_square_inputs():
         for h, w in ((33, 65), (97, 45), (224, 160)):
             out = model(torch.randn(1, 3, h, w))
             assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = mnv4.create_model("mobilenetv4_hybrid_medium", num_classes=4).train()
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing()
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], msg=n)
+
+
+def test_prune_intermediate_layers_matches_timm(timm):
+    ours, ref = mnv4.create_model("mobilenetv4_conv_medium"), timm.create_model("mobilenetv4_conv_medium")
+    ours.load_state_dict(ref.state_dict())
+    assert ours.prune_intermediate_layers([1, 3]) == ref.prune_intermediate_layers([1, 3])
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    ours.eval(), ref.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+        feats = ours.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
+    assert [f.shape[1] for f in feats] == [48, 160] and ours.num_features == 160
