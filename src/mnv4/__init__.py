@@ -2,7 +2,23 @@
 
 from .factory import create_model, list_models
 from .model import MobileNetV4
+from .predict import imagenet_classes
 from .specs import MODEL_SPECS, ModelSpec
+from .transforms import DataConfig, data_config, eval_transform, load_image
+from .weights import list_pretrained
 
 __version__ = "0.1.0"
-__all__ = ["MODEL_SPECS", "MobileNetV4", "ModelSpec", "create_model", "list_models", "__version__"]
+__all__ = [
+    "MODEL_SPECS",
+    "DataConfig",
+    "MobileNetV4",
+    "ModelSpec",
+    "__version__",
+    "create_model",
+    "data_config",
+    "eval_transform",
+    "imagenet_classes",
+    "list_models",
+    "list_pretrained",
+    "load_image",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 from collections.abc import Sequence
 
 from .model import MobileNetV4
@@ -33,21 +34,57 @@ def get_spec(name: str) -> ModelSpec:
 
 def create_model(
     name: str,
-    num_classes: int = 1000,
+    pretrained: bool | str | os.PathLike = False,
+    num_classes: int | None = None,
     in_chans: int = 3,
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     attn_impl: str = "sdpa",
+    use_ema: bool = True,
 ) -> MobileNetV4:
-    """Build a MobileNetV4 variant by name (``mnv4.list_models()``), randomly initialised as timm does.
+    """Build a MobileNetV4 variant by name (``mnv4.list_models()``) or ``variant.tag`` (``mnv4.list_pretrained()``).
+
+    ``pretrained``: False = random init as timm does; True = the tag's weights from the Hugging Face hub (a bare
+    variant name means its default tag), through the hub cache and ``HF_HUB_OFFLINE``; a path = a local
+    ``.safetensors`` (or ``.pth``/``.bin``/``.pt``, read with ``torch.load(weights_only=True)``), also a timm
+    ``train.py`` checkpoint (its ``state_dict_ema`` when ``use_ema``, else ``state_dict``).
+
+    ``num_classes``: None = the checkpoint's (1000, or 11821 for the ImageNet-12k tags; 1000 without weights). A
+    different number drops the checkpoint's classifier and initialises a new one (one logged message).
 
     ``features_only=True`` gives a model whose forward returns the feature maps at ``out_indices`` of the 5 levels
     (reductions 2, 4, 8, 16, 32), with ``model.feature_info.channels()`` / ``.reduction()``.
+
+    ``model.pretrained_cfg`` holds the preprocessing of the tag (``mnv4.data_config(model)`` reads it); without a
+    tag, that of the variant's default tag, as timm does.
     """
-    spec = get_spec(name)
-    return MobileNetV4(
+    from . import weights
+
+    if isinstance(pretrained, (int, float)) and not isinstance(pretrained, bool):
+        raise ValueError(
+            f"pretrained must be True/False or a path to a weights file, got {pretrained!r}; "
+            "pass num_classes by keyword: create_model(name, num_classes=...)"
+        )
+    arch, tag = weights.split_name(name)
+    spec = get_spec(arch)
+    state_dict, source = None, None
+    if pretrained is True:
+        tag = tag or weights.default_tag(arch)
+        path = weights.download(tag)
+        state_dict, source = weights.read_state_dict(path, use_ema), f"{tag.name} ({path})"
+    elif pretrained:
+        path = os.fspath(pretrained)
+        state_dict, source = weights.read_state_dict(path, use_ema), path
+    if num_classes is None:
+        if state_dict is not None and "classifier.weight" in state_dict:
+            num_classes = int(state_dict["classifier.weight"].shape[0])
+        elif state_dict is None and tag is not None:
+            num_classes = tag.num_classes
+        else:
+            num_classes = 1000
+    model = MobileNetV4(
         spec,
         num_classes=num_classes,
         in_chans=in_chans,
@@ -57,3 +94,8 @@ def create_model(
         out_indices=out_indices,
         attn_impl=attn_impl,
     )
+    model.pretrained_cfg = (tag or weights.default_tag(arch)).to_cfg()
+    model.pretrained_cfg["weights"] = source  # None: random init
+    if state_dict is not None:
+        weights.load_weights(model, state_dict, source)
+    return model

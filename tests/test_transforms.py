@@ -1,0 +1,127 @@
+"""The evaluation protocol (data_config -> eval_transform) against timm, and image loading of awkward files."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mnv4
+from mnv4.transforms import DataConfig, data_config, eval_transform, load_image, to_rgb
+from mnv4.weights import TAGS
+
+
+def photo(h=300, w=411, seed=0) -> Image.Image:
+    """A smooth image with edges (gradients + a disc), so resampling differences would show."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([xx * 255 / w, yy * 255 / h, 128 + 100 * np.sin(xx / 13.0) * np.cos(yy / 7.0)], -1)
+    img[(yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (h / 4) ** 2] = (250, 30, 60)
+    img += rng.normal(0, 6, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def test_data_config_matches_timm_for_every_tag(timm):
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    for t in TAGS:
+        for test_size in (False, True):
+            ref = resolve_data_config(pretrained_cfg=get_pretrained_cfg(t.name).to_dict(), use_test_size=test_size)
+            assert dict(data_config(t.name, use_test_size=test_size)) == ref, (t.name, test_size)
+
+
+@pytest.mark.parametrize(
+    "tag, test_size",
+    [
+        ("mobilenetv4_conv_small.e2400_r224_in1k", False),  # crop 0.875, resize 256
+        ("mobilenetv4_conv_small.e2400_r224_in1k", True),  # 256 px, crop 0.95 -> resize floor(269.47) = 269
+        ("mobilenetv4_conv_small.e3600_r256_in1k", False),  # mean/std 0.5
+        ("mobilenetv4_hybrid_medium.ix_e550_r256_in1k", True),  # crop 1.0 at 320
+        ("mobilenetv4_conv_medium.e180_r384_in12k", False),  # 12k tag, crop 1.0
+    ],
+)
+def test_eval_transform_equals_timm_create_transform(timm, tag, test_size):
+    from timm.data import create_transform
+
+    cfg = data_config(tag, use_test_size=test_size)
+    for img in (photo(), photo(517, 333, seed=1)):  # landscape and portrait
+        ours, ref = eval_transform(cfg)(img), create_transform(**cfg)(img)
+        assert ours.shape == (3, cfg.img_size, cfg.img_size)
+        assert torch.equal(ours, ref)
+
+
+def test_resize_rounds_down_as_timm():
+    assert data_config("mobilenetv4_conv_small.e2400_r224_in1k").resize_size == 256
+    assert data_config("mobilenetv4_conv_small.e2400_r224_in1k", use_test_size=True).resize_size == 269
+    assert data_config("mobilenetv4_hybrid_large.e600_r384_in1k").resize_size == 404  # 384 / 0.95 = 404.2
+    cfg = data_config("mobilenetv4_conv_large.e600_r384_in1k", use_test_size=True)
+    assert (cfg.img_size, cfg.crop_pct, cfg.resize_size) == (448, 1.0, 448)
+
+
+def test_data_config_of_models_and_overrides():
+    model = mnv4.create_model("mobilenetv4_hybrid_medium")  # untagged: default tag, as timm
+    cfg = data_config(model)
+    assert (cfg.img_size, cfg.crop_pct, cfg.interpolation, cfg.mean) == (256, 0.95, "bicubic", (0.485, 0.456, 0.406))
+    bare = mnv4.MobileNetV4(mnv4.MODEL_SPECS["mobilenetv4_conv_small_050"])  # no pretrained_cfg at all
+    assert data_config(bare).mean == (0.5, 0.5, 0.5)
+    over = data_config(model, use_test_size=True, img_size=288, crop_pct=0.9)
+    assert (over.img_size, over.crop_pct) == (288, 0.9)
+    grey = data_config(mnv4.create_model("mobilenetv4_conv_small", in_chans=1))
+    assert grey.input_size == (1, 224, 224) and len(grey.mean) == 1
+    assert data_config(dict(model.pretrained_cfg)) == cfg
+    with pytest.raises(ValueError, match="crop_pct"):
+        DataConfig(crop_pct=1.5)
+    with pytest.raises(ValueError, match="unknown pretrained tag"):
+        data_config("mobilenetv4_conv_small.nope")
+
+
+def _roundtrip(img: Image.Image, fmt: str, **save) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save)
+    buf.seek(0)
+    return Image.open(buf)
+
+
+def test_awkward_images_become_upright_rgb(tmp_path):
+    base = photo(40, 60)
+    grey = to_rgb(base.convert("L"))
+    assert grey.mode == "RGB" and np.array_equal(np.asarray(grey)[..., 0], np.asarray(grey)[..., 2])
+    cmyk = to_rgb(_roundtrip(base.convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, float) - np.asarray(base, float)).mean() < 25
+
+    rgba = base.convert("RGBA")
+    alpha = np.full((40, 60), 255, np.uint8)
+    alpha[:, :30] = 0  # left half fully transparent -> white paper
+    rgba.putalpha(Image.fromarray(alpha))
+    flat = np.asarray(to_rgb(_roundtrip(rgba, "PNG")))
+    assert (flat[:, :30] == 255).all() and np.array_equal(flat[:, 30:], np.asarray(base)[:, 30:])
+
+    sixteen = np.linspace(0, 65535, 40 * 60).reshape(40, 60).astype(np.uint16)
+    path16 = tmp_path / "deep.png"
+    Image.fromarray(sixteen).save(path16)
+    assert Image.open(path16).mode.startswith("I")
+    deep = np.asarray(load_image(path16))
+    assert deep.dtype == np.uint8 and deep[0, 0, 0] == 0 and deep[-1, -1, 0] == 255
+    assert abs(int(deep[20, 30, 0]) - round(int(sixteen[20, 30]) / 257)) <= 1
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored rotated, display after 90 degrees clockwise
+    rotated_path = tmp_path / "rotated.jpg"
+    base.save(rotated_path, exif=exif.tobytes(), quality=95)
+    assert Image.open(rotated_path).size == (60, 40)
+    assert load_image(rotated_path).size == (40, 60)
+
+    for img in (grey, cmyk, load_image(path16), load_image(rotated_path)):
+        out = eval_transform(data_config("mobilenetv4_conv_small.e2400_r224_in1k"))(img)
+        assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes\.jpg: not a readable image"):
+        load_image(bad)
+    with pytest.raises(FileNotFoundError, match="gone.png"):
+        load_image(tmp_path / "gone.png")
