@@ -1,11 +1,12 @@
-# Two commands set everything up on a fresh machine: `make models` (the main job until benchmarking lands) and
-# `make test`. Both create .venv and install the package with its dev extras on first use.
+# Two commands set everything up on a fresh machine: `make bench` (the main job: MNv4 vs MobileNetV3 latency on every
+# runtime here, table + CSV/JSON + Pareto plot in bench-results/) and `make test`. Both create .venv and install the
+# package with its dev extras on first use; `make models` lists the variants.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: models test lint bench-timm clean
+.PHONY: models bench test lint bench-timm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +16,9 @@ $(STAMP): pyproject.toml
 
 models: $(STAMP)
 	$(BIN)/mnv4 models
+
+bench: $(STAMP)
+	$(BIN)/mnv4 bench
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

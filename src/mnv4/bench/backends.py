@@ -1,0 +1,262 @@
+"""The runtimes ``mnv4 bench`` measures, one small class each.
+
+A backend says whether it can run here (``unavailable_reason``: None, or why not -- a missing package, no GPU, no
+C++ compiler), and ``prepare``s a model into a zero-argument callable that runs one forward pass on a fixed input.
+Optional packages are imported inside the methods, so a missing one makes its backend unavailable, never the tool.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class NotApplicable(Exception):
+    """This backend cannot run this particular model (e.g. the deploy pass only knows MobileNetV4)."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    run: Callable[[], object]  # one forward pass
+    sync: Callable[[], None] | None = None  # wait for asynchronous work before reading the clock
+    note: str = ""
+
+
+class Backend:
+    name = ""
+    description = ""
+    device = "cpu"
+    dtype = "fp32"
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    def batch_sizes(self, requested: int, sweep: Sequence[int]) -> list[int]:
+        """Batch sizes to measure: the requested one (CPU); accelerators sweep."""
+        return [requested]
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Prepared:
+        raise NotImplementedError
+
+
+def _torch_runner(model: nn.Module, example: torch.Tensor) -> Callable[[], object]:
+    def run():
+        with torch.inference_mode():
+            return model(example)
+
+    return run
+
+
+class EagerBackend(Backend):
+    name = "eager"
+    description = "PyTorch eager, fp32, NCHW"
+
+    def prepare(self, model, example, workdir, threads):
+        return Prepared(_torch_runner(model.eval(), example.contiguous()))
+
+
+def deploy_for_inference(model: nn.Module) -> tuple[nn.Module, str]:
+    """BN (and layer scale) folded, channels_last: ``mnv4.deploy`` for MobileNetV4; for the torchvision baselines,
+    PyTorch's own FX conv-BN fusion (``torch.fx.experimental.optimization.fuse``)."""
+    from ..model import MobileNetV4
+
+    if isinstance(model, MobileNetV4):
+        from ..deploy import deploy
+
+        return deploy(model, channels_last=True), "mnv4.deploy"
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fused = fuse(model.eval())
+    except Exception as err:  # noqa: BLE001 -- FX tracing fails in many ways; the baseline just has no column
+        raise NotApplicable(f"FX conv-BN fusion failed: {err}") from err
+    return fused.to(memory_format=torch.channels_last), "torch.fx fuse"
+
+
+class DeployedBackend(Backend):
+    name = "deployed"
+    description = "PyTorch eager, BN folded, channels_last, fp32"
+
+    def unavailable_reason(self):
+        try:
+            from ..deploy import deploy  # noqa: F401
+        except (ImportError, AttributeError) as err:
+            return f"mnv4.deploy not importable ({err})"
+        return None
+
+    def prepare(self, model, example, workdir, threads):
+        deployed, how = deploy_for_inference(model)
+        return Prepared(_torch_runner(deployed, example.contiguous(memory_format=torch.channels_last)), note=how)
+
+
+class CompileBackend(Backend):
+    name = "compile"
+    description = "torch.compile (inductor) of the deployed model, channels_last, fp32"
+
+    def unavailable_reason(self):
+        if not hasattr(torch, "compile"):
+            return "this PyTorch has no torch.compile"
+        if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+            return "torch.compile on CPU needs a C++ compiler (none on PATH)"
+        return None
+
+    def prepare(self, model, example, workdir, threads):
+        try:
+            deployed, how = deploy_for_inference(model)
+        except (ImportError, NotApplicable):
+            deployed, how = model.eval(), "not folded"
+        example = example.contiguous(memory_format=torch.channels_last)
+        compiled = torch.compile(deployed, dynamic=False)
+        run = _torch_runner(compiled, example)
+        run()  # compile now so that compilation counts as setup time, not as warm-up
+        return Prepared(run, note=f"{how}; inductor")
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = "ONNX Runtime CPU execution provider, fp32, graph optimisations on"
+
+    def unavailable_reason(self):
+        try:
+            import onnxruntime  # noqa: F401
+
+            from ..export.onnx import export_onnx  # noqa: F401
+        except (ImportError, AttributeError) as err:
+            return f"needs onnxruntime and mnv4.export.onnx ({err}); pip install 'mnv4[onnx]'"
+        return None
+
+    def prepare(self, model, example, workdir, threads):
+        from ..export.onnx import export_onnx, onnx_session
+        from ..model import MobileNetV4
+
+        path = workdir / "model.onnx"
+        if isinstance(model, MobileNetV4):  # deployed (BN folded) and simplified by the exporter
+            export_onnx(model, path, input_size=tuple(example.shape[-2:]))
+            note = "mnv4.export.onnx"
+        else:  # the torchvision baselines: PyTorch's exporter; ORT folds their BNs when it optimises the graph
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+                torch.onnx.export(model.eval(), (example,), str(path), input_names=["input"],
+                                  output_names=["logits"], opset_version=18, dynamo=False)
+            note = "torch.onnx.export"
+        session = onnx_session(path, threads=threads)  # all graph optimisations on, intra-op threads fixed
+        feed = {session.get_inputs()[0].name: example.numpy()}
+        return Prepared(lambda: session.run(None, feed), note=note)
+
+
+class LiteRTBackend(Backend):
+    name = "litert"
+    description = "LiteRT (TFLite) interpreter, XNNPACK, fp32; exported by litert-torch (mnv4.export.litert)"
+
+    def unavailable_reason(self):
+        from importlib.util import find_spec
+
+        missing = [m for m in ("litert_torch", "ai_edge_litert") if find_spec(m) is None]
+        if missing:
+            return f"needs {' and '.join(missing)}; pip install 'mnv4[tflite]'"
+        try:
+            from ..export.litert import LiteRTRunner, export_litert  # noqa: F401
+        except (ImportError, AttributeError) as err:
+            return f"mnv4.export.litert not importable ({err})"
+        return None
+
+    def prepare(self, model, example, workdir, threads):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the converter's TensorFlow C++ info lines
+        from ..export.litert import LiteRTRunner, convert_quiet, export_litert
+        from ..model import MobileNetV4
+
+        if example.shape[0] != 1:
+            raise NotApplicable("LiteRT files are exported with batch 1")
+        path = workdir / "model.tflite"
+        if isinstance(model, MobileNetV4):  # deployed (BN folded), MQA in its math form
+            export_litert(model, path, input_size=tuple(example.shape[-2:]))
+            note = "mnv4.export.litert"
+        else:  # the torchvision baselines: the same litert-torch conversion, on the model as it is
+            convert_quiet(model.eval(), (example,), path)
+            note = "litert-torch convert"
+        runner = LiteRTRunner(path, threads=threads)
+        interpreter = runner.interpreter
+        interpreter.set_tensor(runner.input["index"], example.numpy().astype(runner.input["dtype"]))
+        output_index = runner.outputs[0]["index"]
+
+        def run():  # the output read is included, as ONNX Runtime's and PyTorch's runs return theirs
+            interpreter.invoke()
+            return interpreter.get_tensor(output_index)
+
+        return Prepared(run, note=note)
+
+
+class CudaBackend(Backend):
+    """GPU eager, channels_last, with a batch-size sweep; fp32 or bf16 autocast."""
+
+    device = "cuda"
+
+    def __init__(self, dtype: str):
+        if dtype not in ("fp32", "bf16"):
+            raise ValueError(f"CUDA backend dtype must be 'fp32' or 'bf16', got {dtype!r}")
+        self.dtype = dtype
+        self.name = f"cuda-{dtype}"
+        self.description = f"PyTorch eager on CUDA, channels_last, {'bf16 autocast' if dtype == 'bf16' else 'fp32'}"
+
+    def unavailable_reason(self):
+        if not torch.cuda.is_available():
+            return "no CUDA device"
+        if self.dtype == "bf16" and not torch.cuda.is_bf16_supported():
+            return "this GPU has no bf16 support"
+        return None
+
+    def batch_sizes(self, requested, sweep):
+        return sorted(set(sweep) | {requested})
+
+    def prepare(self, model, example, workdir, threads):
+        model = model.to("cuda", memory_format=torch.channels_last).eval()
+        example = example.to("cuda").contiguous(memory_format=torch.channels_last)
+        autocast_dtype = torch.bfloat16 if self.dtype == "bf16" else None
+
+        def run():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype, enabled=bool(autocast_dtype)):
+                return model(example)
+
+        return Prepared(run, sync=torch.cuda.synchronize)
+
+
+def all_backends() -> list[Backend]:
+    return [
+        EagerBackend(),
+        DeployedBackend(),
+        CompileBackend(),
+        OnnxRuntimeBackend(),
+        LiteRTBackend(),
+        CudaBackend("fp32"),
+        CudaBackend("bf16"),
+    ]
+
+
+def resolve_backends(names: Sequence[str] | None) -> tuple[list[Backend], dict[str, str]]:
+    """(backends to run, {name: why skipped}). ``None``: every available one. Unknown names raise; a named backend
+    that is unavailable here raises too (the user asked for it explicitly)."""
+    known = {b.name: b for b in all_backends()}
+    if names is None:
+        chosen = list(known.values())
+        skipped = {b.name: reason for b in chosen if (reason := b.unavailable_reason())}
+        return [b for b in chosen if b.name not in skipped], skipped
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown backend {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
+    if not names:
+        raise ValueError(f"no backends given; choose from: {', '.join(known)}")
+    for n in names:
+        if reason := known[n].unavailable_reason():
+            raise ValueError(f"backend {n!r} is not available here: {reason}")
+    return [known[n] for n in names], {}

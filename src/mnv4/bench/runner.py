@@ -1,0 +1,141 @@
+"""``run_benchmark``: every (model, backend, batch size) cell, timed with the same protocol (ecosystem §3.5)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .backends import Backend, NotApplicable, resolve_backends
+from .catalog import resolve_models
+from .environment import capture_environment, default_threads
+from .results import BenchRecord, BenchReport
+from .timing import time_callable
+
+
+@dataclass
+class BenchConfig:
+    models: Sequence[str] | None = None  # None: the five paper models + MobileNetV3-L/-S
+    backends: Sequence[str] | None = None  # None: every backend available here
+    threads: int | None = None  # None: one per physical core
+    batch_size: int = 1
+    warmup: int = 5
+    runs: int = 50  # at most; fewer when a cell would exceed ``max_seconds``
+    min_runs: int = 10
+    max_seconds: float = 4.0  # timed seconds per cell (keeps the default run to a few minutes on 2 cores)
+    resolution: int | None = None  # None: each model's paper resolution
+    cuda_batch_sizes: Sequence[int] = field(default_factory=lambda: (1, 8, 32, 128))
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides) -> BenchConfig:
+        """Tiny sizes and few runs: checks the whole pipeline in seconds (numbers not comparable to real runs)."""
+        values = dict(warmup=1, runs=3, min_runs=1, max_seconds=1.0, resolution=64, cuda_batch_sizes=(1, 2))
+        values.update(overrides)
+        return cls(**values)
+
+    def validate(self) -> BenchConfig:
+        checks = [
+            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
+            (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
+            (self.max_seconds > 0, f"the time budget per cell must be > 0 s, got {self.max_seconds}"),
+            (self.resolution is None or self.resolution >= 32, f"--resolution must be >= 32, got {self.resolution}"),
+            (all(b >= 1 for b in self.cuda_batch_sizes), f"CUDA batch sizes must be >= 1: {self.cuda_batch_sizes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+def _runs_within_budget(timing_probe_s: float, config: BenchConfig) -> int:
+    if timing_probe_s <= 0:
+        return config.runs
+    fit = int(config.max_seconds / timing_probe_s)
+    return max(min(config.min_runs, config.runs), min(config.runs, fit))
+
+
+def run_benchmark(config: BenchConfig, progress: bool = True) -> BenchReport:
+    """Measure every requested model on every requested backend; one ``BenchRecord`` per cell.
+
+    A backend that cannot run one model (export unsupported, conversion error) gets a 'failed' / 'n/a' record with
+    the reason -- as the paper's Tab. 6 prints "Failed" -- and the run goes on.
+    """
+    from tqdm.auto import tqdm
+
+    from ..analysis import count_params, profile_layers
+
+    config.validate()
+    entries = resolve_models(config.models)
+    backends, skipped = resolve_backends(config.backends)
+    threads = config.threads or default_threads()
+    cells = [(e, b, bs) for e in entries for b in backends for bs in b.batch_sizes(config.batch_size,
+                                                                                     config.cuda_batch_sizes)]
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    environment = capture_environment(threads)
+    records: list[BenchRecord] = []
+    bar = tqdm(total=len(cells), desc="bench", unit="cell", disable=not progress, file=sys.stderr, leave=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="mnv4-bench-") as tmp:
+            for entry in entries:
+                torch.manual_seed(config.seed)
+                model = entry.build()
+                res = config.resolution or entry.resolution
+                macs = sum(r.macs for r in profile_layers(model, (res, res)))
+                params = count_params(model)
+                for backend in backends:
+                    for batch in backend.batch_sizes(config.batch_size, config.cuda_batch_sizes):
+                        bar.set_postfix_str(f"{entry.label} / {backend.name} / batch {batch}")
+                        cell_dir = Path(tmp) / f"{entry.name}-{backend.name}-{batch}"
+                        cell_dir.mkdir()
+                        record = BenchRecord(
+                            model=entry.name, label=entry.label, backend=backend.name, device=backend.device,
+                            dtype=backend.dtype, batch_size=batch, resolution=res, params=params, macs=macs,
+                            top1=entry.top1, top1_source=entry.top1_source, threads=threads,
+                        )
+                        records.append(_measure(record, backend, entry.build, batch, res, cell_dir, threads, config))
+                        bar.update(1)
+                del model
+    finally:
+        bar.close()
+        torch.set_num_threads(previous_threads)
+    return BenchReport(environment=environment, config=asdict(config) | {"threads": threads}, records=records,
+                       skipped_backends=skipped, backend_descriptions={b.name: b.description for b in backends})
+
+
+def _measure(record: BenchRecord, backend: Backend, build, batch: int, res: int, workdir: Path, threads: int,
+             config: BenchConfig) -> BenchRecord:
+    torch.manual_seed(config.seed)
+    model = build()  # a fresh copy per backend: no backend sees another's rewrites
+    example = torch.randn(batch, 3, res, res)
+    start = time.perf_counter()
+    try:
+        prepared = backend.prepare(model, example, workdir, threads)
+        prepared.run()  # the first call: lazy initialisation belongs to setup
+        record.setup_s = time.perf_counter() - start
+        probe_start = time.perf_counter()
+        prepared.run()
+        if prepared.sync:
+            prepared.sync()
+        runs = _runs_within_budget(time.perf_counter() - probe_start, config)
+        timing = time_callable(prepared.run, warmup=config.warmup, runs=runs, sync=prepared.sync)
+    except NotApplicable as err:
+        record.status, record.note = "n/a", str(err)
+        return record
+    except Exception as err:  # noqa: BLE001 -- a conversion/runtime failure of one cell must not end the run
+        record.status, record.note = "failed", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return record
+    record.status, record.note = "ok", prepared.note
+    record.warmup, record.runs = config.warmup, timing.runs
+    record.median_ms, record.p90_ms, record.mean_ms, record.min_ms = (
+        timing.median_ms, timing.p90_ms, timing.mean_ms, timing.min_ms)
+    record.images_per_s = batch * 1e3 / timing.median_ms if timing.median_ms > 0 else None
+    return record

@@ -1,0 +1,96 @@
+"""``mnv4 bench``: the paper's latency/accuracy comparison (its Fig. 1), measured on this machine."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(n) for n in _names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency of MNv4 vs MobileNetV3 on every runtime here; table, CSV/JSON, Pareto plot",
+        description="Time the five paper models at their paper resolutions and torchvision's MobileNetV3-Large/-Small "
+        "(random init; nothing is downloaded) on every backend available here: PyTorch eager, deployed (BN folded, "
+        "channels_last), torch.compile, ONNX Runtime, LiteRT, CUDA (fp32 and bf16, with a batch-size sweep). "
+        "Protocol: fixed threads, warm-up, many timed runs (capped by a time budget per cell), median and p90; "
+        "export/compile time reported apart. Writes bench.csv, bench.json and bench_pareto.png into --out.",
+    )
+    p.add_argument("--models", type=_names, default=None,
+                   help="comma-separated names (mnv4 variants, mobilenet_v3_large, mobilenet_v3_small); "
+                   "default: the five paper models + both MobileNetV3s")
+    p.add_argument("--backends", type=_names, default=None,
+                   help="comma-separated: eager, deployed, compile, onnxruntime, litert, cuda-fp32, cuda-bf16; "
+                   "default: every one available here")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every backend (default: one per physical core)")
+    p.add_argument("--batch-size", type=int, default=1, help="CPU batch size (default 1, as on phones)")
+    p.add_argument("--cuda-batch-sizes", type=_sizes, default=None, help="CUDA sweep, default 1,8,32,128")
+    p.add_argument("--runs", type=int, default=None, help="timed runs per cell, at most (default 50)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="timed seconds per cell before runs are cut (default 4; at least 10 runs)")
+    p.add_argument("--resolution", type=int, default=None, help="one input size for all models instead of theirs")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default ./bench-results)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    p.add_argument("--quick", action="store_true",
+                   help="64 px, 1 warm-up + 3 runs: checks the pipeline in seconds (numbers not meaningful)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..bench import BenchConfig
+
+    overrides = {k: v for k, v in {
+        "models": args.models, "backends": args.backends, "threads": args.threads, "batch_size": args.batch_size,
+        "runs": args.runs, "warmup": args.warmup, "max_seconds": args.max_seconds, "resolution": args.resolution,
+        "cuda_batch_sizes": args.cuda_batch_sizes,
+    }.items() if v is not None}
+    return (BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..bench import format_table, run_benchmark, write_csv, write_json
+    from ..bench.catalog import REFERENCE_MODEL, catalog_entry
+    from ..bench.results import format_environment, format_throughput
+
+    config = config_from_args(args)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+    report = run_benchmark(config)
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(format_environment(report))
+    print()
+    print(format_table(report))
+    ref = catalog_entry(REFERENCE_MODEL).label
+    print(f"\nmedian ms per batch of {config.batch_size} ({ref} latency / model latency on the same backend); "
+          f"p90, runs and setup times are in the CSV/JSON.")
+    if config.resolution:
+        print(f"all models at {config.resolution}x{config.resolution} (not their paper resolutions)")
+    failures = [r for r in report.records if r.status in ("failed", "n/a")]
+    for r in failures:
+        print(f"{r.status}: {r.label} on {r.backend}: {r.note}")
+    if throughput := format_throughput(report):
+        print("\n" + throughput)
+    paths = [write_csv(report, args.out / "bench.csv"), write_json(report, args.out / "bench.json")]
+    if not args.no_plot:
+        from ..plots import pareto_plot
+
+        title = "quick run: 64 px, 3 runs -- pipeline check, not a measurement" if args.quick else None
+        try:
+            paths.append(pareto_plot(report, args.out / "bench_pareto.png", title=title))
+        except ValueError as err:
+            print(f"no plot: {err}")
+    print("\nwrote " + ", ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,271 @@
+"""``mnv4 bench``: the harness, the backends, the files it writes and its errors (no timed assertions)."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mnv4.bench import BenchConfig, load_results, run_benchmark
+from mnv4.bench.backends import (
+    CompileBackend,
+    CudaBackend,
+    EagerBackend,
+    NotApplicable,
+    OnnxRuntimeBackend,
+    Prepared,
+    resolve_backends,
+)
+from mnv4.bench.catalog import catalog_entry, resolve_models
+from mnv4.bench.environment import capture_environment, default_threads, physical_cores
+from mnv4.bench.runner import _measure, _runs_within_budget
+from mnv4.bench.timing import Timing, time_callable
+from mnv4.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _quick_backends() -> str:
+    """eager and deployed always; ONNX Runtime too where it is installed (it is in the dev extras)."""
+    names = ["eager", "deployed"]
+    if OnnxRuntimeBackend().available():
+        names.append("onnxruntime")
+    return ",".join(names)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    pytest.importorskip("matplotlib", reason="the Pareto plot needs matplotlib (pip install 'mnv4[plot]')")
+    argv = ["bench", "--quick", "--models", "mobilenetv4_conv_small,mobilenetv4_hybrid_medium,mobilenet_v3_large",
+            "--backends", _quick_backends(), "--threads", "1", "--out", str(out)]
+    return out, argv
+
+
+def test_quick_end_to_end_writes_table_csv_json_png(quick_run, capsys):
+    from PIL import Image
+
+    out, argv = quick_run
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    # Environment, then the table: one row per model, one column per backend, speed-ups vs MNv3-L.
+    assert "CPU:" in text and "threads: 1" in text and "torch " in text
+    for label in ("MNv4-Conv-S", "MNv4-Hybrid-M", "MNv3-L"):
+        assert label in text
+    mnv3_row = next(line for line in text.splitlines() if line.startswith("MNv3-L"))
+    assert mnv3_row.count("(1.00x)") == len(_quick_backends().split(","))
+    n_cells = 3 * len(_quick_backends().split(","))
+    with (out / "bench.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_cells and all(r["status"] == "ok" for r in rows), rows
+    assert {r["resolution"] for r in rows} == {"64"}
+    report = load_results(out / "bench.json")
+    assert len(report.records) == n_cells
+    for r in report.records:
+        assert r.ok and r.runs == 3 and r.warmup == 1 and r.threads == 1
+        assert 0 < r.min_ms <= r.median_ms <= r.p90_ms
+        assert r.setup_s is not None and r.setup_s >= 0
+        assert r.top1 is not None and r.top1_source
+    data = json.loads((out / "bench.json").read_text())
+    assert data["environment"]["threads"] == 1 and data["environment"]["libraries"]["torch"] == torch.__version__
+    speedups = [row["speedup_vs_mobilenet_v3_large"] for row in data["results"] if row["model"] == "mobilenet_v3_large"]
+    assert speedups and all(s == pytest.approx(1.0) for s in speedups)
+    png = out / "bench_pareto.png"
+    assert png.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(png) as img:
+        img.load()
+        assert img.format == "PNG" and img.size[0] >= 600 and img.size[1] >= 400
+        low, high = img.convert("L").getextrema()
+        assert high - low > 100  # not a blank canvas
+
+
+def test_published_top1_and_sources():
+    assert catalog_entry("mobilenetv4_conv_medium").top1 == 79.9  # paper Tab. 6
+    assert "paper Tab. 6" in catalog_entry("mobilenetv4_hybrid_large").top1_source
+    large, small = catalog_entry("mobilenet_v3_large"), catalog_entry("mobilenet_v3_small")
+    # torchvision's weight metadata (no download): Large IMAGENET1K_V2 75.274, Small IMAGENET1K_V1 67.668.
+    assert (large.top1, small.top1) == (75.274, 67.668)
+    assert "IMAGENET1K_V2" in large.top1_source and "torchvision" in small.top1_source
+    assert catalog_entry("mobilenetv4_conv_aa_medium").top1 is None
+    names = [e.name for e in resolve_models(None)]
+    assert names[:5] == ["mobilenetv4_conv_small", "mobilenetv4_conv_medium", "mobilenetv4_conv_large",
+                         "mobilenetv4_hybrid_medium", "mobilenetv4_hybrid_large"]
+    assert names[5:] == ["mobilenet_v3_large", "mobilenet_v3_small"]
+    assert [e.resolution for e in resolve_models(None)] == [224, 256, 384, 256, 384, 224, 224]
+
+
+def test_timing_statistics_and_call_count():
+    calls = []
+    timing = time_callable(lambda: calls.append(1), warmup=4, runs=7)
+    assert len(calls) == 11 and timing.runs == 7
+    t = Timing.from_samples([0.001, 0.002, 0.003, 0.004, 0.010])
+    assert (t.median_ms, t.min_ms, t.mean_ms) == pytest.approx((3.0, 1.0, 4.0))
+    assert t.p90_ms == pytest.approx(7.6)  # linear interpolation between 4 and 10 ms
+    with pytest.raises(ValueError):
+        time_callable(lambda: None, warmup=0, runs=0)
+
+
+def test_time_budget_caps_runs_but_keeps_a_minimum():
+    config = BenchConfig(runs=50, min_runs=10, max_seconds=2.0)
+    assert _runs_within_budget(0.001, config) == 50
+    assert _runs_within_budget(0.1, config) == 20
+    assert _runs_within_budget(5.0, config) == 10
+
+
+def test_environment_capture():
+    env = capture_environment(3)
+    assert env["threads"] == 3 and env["cpu"] and env["physical_cores"] >= 1
+    assert 1 <= physical_cores() <= env["usable_cpus"]
+    assert default_threads() == physical_cores()
+    assert env["libraries"]["torch"] == torch.__version__
+
+
+class _Failing(EagerBackend):
+    name = "failing"
+
+    def prepare(self, model, example, workdir, threads):
+        raise RuntimeError("conversion exploded\nwith a long trace")
+
+
+class _Refusing(EagerBackend):
+    name = "refusing"
+
+    def prepare(self, model, example, workdir, threads):
+        raise NotApplicable("not for this model")
+
+
+def _record():
+    from mnv4.bench.results import BenchRecord
+
+    return BenchRecord(model="m", label="m", backend="b", device="cpu", dtype="fp32", batch_size=1, resolution=32,
+                       params=1, macs=1, top1=None, top1_source="", threads=1)
+
+
+def test_failed_cell_is_recorded_not_fatal(tmp_path):
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
+
+    config = BenchConfig.quick()
+    failed = _measure(_record(), _Failing(), build, 1, 32, tmp_path, 1, config)
+    assert failed.status == "failed" and failed.note == "RuntimeError: conversion exploded" and not failed.ok
+    refused = _measure(_record(), _Refusing(), build, 1, 32, tmp_path, 1, config)
+    assert refused.status == "n/a" and refused.note == "not for this model"
+    ok = _measure(_record(), EagerBackend(), build, 2, 32, tmp_path, 1, config)
+    assert ok.ok and ok.runs == 3 and ok.images_per_s == pytest.approx(2e3 / ok.median_ms)
+
+
+def test_deployed_backend_matches_eager_on_mnv4_and_baseline(tmp_path):
+    from mnv4.bench.backends import DeployedBackend
+    from mnv4.testing import make_nondegenerate, relative_error
+
+    backend = DeployedBackend()
+    if not backend.available():
+        pytest.skip(backend.unavailable_reason())
+    for name in ("mobilenetv4_conv_small", "mobilenet_v3_small"):
+        model = catalog_entry(name).build()
+        if name.startswith("mobilenetv4"):
+            make_nondegenerate(model, seed=0, input_size=(64, 64))
+        model.eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            expected = model(x)
+        got = backend.prepare(model, x, tmp_path, 1).run()
+        assert relative_error(got, expected) < 1e-4, name
+
+
+def test_compile_backend_on_a_small_network(tmp_path):
+    backend = CompileBackend()
+    if not backend.available():
+        pytest.skip(backend.unavailable_reason())
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+    prepared = backend.prepare(net, x, tmp_path, 1)
+    assert isinstance(prepared, Prepared)
+    torch.testing.assert_close(prepared.run(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_backend_matches_eager(tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime not installed (pip install 'mnv4[onnx]')")
+    backend = OnnxRuntimeBackend()
+    if not backend.available():
+        pytest.skip(backend.unavailable_reason())
+    from mnv4.testing import make_nondegenerate, relative_error
+
+    model = catalog_entry("mobilenetv4_conv_small").build()
+    make_nondegenerate(model, seed=0, input_size=(64, 64))
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    (got,) = backend.prepare(model, x, tmp_path, 1).run()
+    assert relative_error(torch.from_numpy(got), expected) < 1e-4
+    assert (tmp_path / "model.onnx").is_file()
+
+
+def test_cuda_backend_parts_without_a_gpu():
+    fp32, bf16 = CudaBackend("fp32"), CudaBackend("bf16")
+    assert (fp32.name, bf16.name) == ("cuda-fp32", "cuda-bf16")
+    assert fp32.batch_sizes(1, (32, 8, 1)) == [1, 8, 32]  # the sweep always includes the requested batch size
+    assert fp32.batch_sizes(4, (1, 8)) == [1, 4, 8]
+    assert EagerBackend().batch_sizes(4, (1, 8)) == [4]  # CPU backends do not sweep
+    with pytest.raises(ValueError, match="fp32"):
+        CudaBackend("fp64")
+    if not torch.cuda.is_available():
+        assert fp32.unavailable_reason() == "no CUDA device"
+        chosen, skipped = resolve_backends(None)
+        assert "cuda-fp32" in skipped and "cuda-fp32" not in [b.name for b in chosen]
+        with pytest.raises(ValueError, match="not available here: no CUDA device"):
+            resolve_backends(["cuda-bf16"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_sweep_runs():
+    report = run_benchmark(BenchConfig.quick(models=["mobilenetv4_conv_small"], backends=["cuda-fp32", "cuda-bf16"],
+                                             cuda_batch_sizes=(1, 4)), progress=False)
+    assert sorted((r.backend, r.batch_size) for r in report.records) == [
+        ("cuda-bf16", 1), ("cuda-bf16", 4), ("cuda-fp32", 1), ("cuda-fp32", 4)]
+    assert all(r.ok for r in report.records)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backends", "eager,tensorrt"], "unknown backend 'tensorrt'"),
+        (["--models", "mobilenetv4_conv_smal"], "unknown model 'mobilenetv4_conv_smal'"),
+        (["--models", "mobilenetv4_conv_small", "--threads", "0"], "--threads must be >= 1"),
+        (["--models", "mobilenetv4_conv_small", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--models", "mobilenetv4_conv_small", "--runs", "0"], "--runs must be >= 1"),
+    ],
+)
+def test_bad_input_one_clear_error(extra, message, tmp_path, capsys):
+    assert main(["bench", "--quick", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not Path(tmp_path / "o").exists()  # nothing written on bad input
+
+
+def test_litert_backend_matches_eager(tmp_path):
+    pytest.importorskip("litert_torch", reason="LiteRT converter not installed (pip install 'mnv4[tflite]')")
+    pytest.importorskip("ai_edge_litert", reason="LiteRT runtime not installed (pip install 'mnv4[tflite]')")
+    from mnv4.bench.backends import LiteRTBackend
+    from mnv4.testing import make_nondegenerate, relative_error
+
+    backend = LiteRTBackend()
+    if not backend.available():
+        pytest.skip(backend.unavailable_reason())
+    model = catalog_entry("mobilenetv4_conv_small").build()
+    make_nondegenerate(model, seed=0, input_size=(64, 64))
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    got = backend.prepare(model, x, tmp_path, 1).run()
+    assert (tmp_path / "model.tflite").is_file()
+    assert relative_error(torch.from_numpy(got), expected) < 1e-4
+    with pytest.raises(NotApplicable, match="batch 1"):
+        backend.prepare(model, torch.randn(2, 3, 64, 64), tmp_path, 1)
