@@ -1,0 +1,481 @@
+"""Input pipelines for training and validation: an ImageFolder on the CPU, and a GPU path that decodes JPEGs with
+nvJPEG and augments on the GPU.
+
+Reproducibility is built in, because exact resume, DDP equivalence and offline distillation depend on it: every
+random draw for a training sample comes from a generator seeded by ``(seed, aug_epoch, index)``, never from a worker's
+global state. So a sample's crop is the same whatever the number of workers, the rank that loads it, or whether the
+run was interrupted — and a teacher can label exactly the crops a student will see later.
+
+Files that cannot be decoded are skipped: the sample is replaced by the next decodable one (same batch shape, same
+order on every run) and the path is logged once per run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+log = logging.getLogger("mnv4.data")
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+JPEG_MAGIC = b"\xff\xd8"
+# Domain tags so the data order and the augmentation of the same epoch draw from unrelated streams.
+ORDER_STREAM, AUG_STREAM = 1, 2
+
+
+# --------------------------------------------------------------------------------------------- seeds
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 over the parts): stable across processes and Python runs."""
+    mask = (1 << 64) - 1
+    state = 0x9E3779B97F4A7C15
+    for part in parts:
+        state = (state ^ (int(part) & mask)) & mask
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        state = z ^ (z >> 31)
+    return state >> 1
+
+
+# --------------------------------------------------------------------------------------------- files
+def scan_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
+    """``root/<class>/<image>`` -> sorted ``[(path, label)]`` and the sorted class names (torchvision's layout)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist (expected {root}/<class>/<image>.jpg)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ValueError(f"{str(root)!r} has no class sub-folders; expected {root}/<class>/<image>.jpg")
+    samples = []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).rglob("*")):
+            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
+                samples.append((str(path), label))
+    if not samples:
+        raise ValueError(f"{str(root)!r} has class folders but no images with extensions {IMG_EXTENSIONS}")
+    return samples, classes
+
+
+class DecodeError(Exception):
+    """A file that is not a decodable image (corrupt, truncated, not an image)."""
+
+
+def to_rgb(image):
+    """Any PIL image -> 8-bit RGB: greyscale and CMYK converted, alpha composited on white, 16-bit and float
+    images rescaled to 8 bits (PIL's own 'I;16' -> 'RGB' conversion clips everything above 255 to white)."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max()) if array.size else 0.0
+        if image.mode == "F":
+            scale = 255.0 if peak <= 1.0 else 255.0 / max(peak, 1e-12)
+        else:
+            scale = 255.0 / 65535.0 if peak > 255 else 1.0
+        image = Image.fromarray((array * scale).clip(0, 255).round().astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def load_rgb(path: str | Path):
+    """Decode an image file to an 8-bit RGB PIL image, or raise ``DecodeError`` saying why."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # forces the full decode: truncated files fail here, not later in a transform
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        raise DecodeError(f"{type(err).__name__}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------- transforms
+def randaugment_magnitude(tf_magnitude: float) -> int:
+    """TF's RandAugment level (0..10, where 10 is each op's maximum) -> torchvision's bin with 11 bins.
+
+    torchvision's op maxima equal TF's at level 10 (rotate 30 deg, shear 0.3, enhance 1 +- 0.9, posterize 4 bits,
+    solarize 0); TF extrapolates levels above 10 (the paper's m15 rotates up to 45 deg), torchvision cannot, so
+    levels above 10 are clamped to 10. Translation differs: TF uses a fixed pixel constant, torchvision 45% of size.
+    """
+    return int(min(max(round(tf_magnitude), 0), 10))
+
+
+def train_transform(size: int, cfg) -> object:
+    """PIL image -> normalised float tensor: Inception crop, flip, RandAugment (each of ``randaug_layers`` ops applied
+    with probability ``randaug_prob``, as TF's ``prob_to_apply``; torchvision's op set has no Cutout)."""
+    from torchvision.transforms import v2
+
+    ops: list = [v2.RandomResizedCrop(size, scale=(cfg.crop_scale_min, 1.0), antialias=True)]
+    if cfg.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    if cfg.randaug_layers:
+        ops.append(randaugment(cfg))
+    ops += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    return v2.Compose(ops)
+
+
+def val_transform(size: int, cfg) -> object:
+    """Resize the short side to ``size / crop_pct``, centre-crop ``size`` (the ImageNet protocol, ecosystem §3.4)."""
+    from torchvision.transforms import v2
+
+    resize = int(math.floor(size / cfg.crop_pct + 1e-6))
+    return v2.Compose(
+        [
+            v2.Resize(resize, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(cfg.mean), list(cfg.std)),
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------------- datasets
+SampleKey = tuple[int, int]  # (aug_epoch, index); validation uses aug_epoch = -1 (no randomness)
+
+
+class ImageFolderDataset(Dataset):
+    """The CPU pipeline. Indexed by ``(aug_epoch, index)``; returns ``(image, label, index, aug_epoch, bad_paths)``.
+
+    ``image`` is the transformed tensor; ``index`` is the sample actually returned (differs from the asked one when
+    that file could not be decoded); ``bad_paths`` lists the files skipped on the way, for the main process to log.
+    """
+
+    def __init__(self, root: str | Path, transform, seed: int = 0):
+        self.samples, self.classes = scan_image_folder(root)
+        self.root = str(root)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int):
+        return load_rgb(self.samples[index][0])
+
+    def __getitem__(self, key: SampleKey | int):
+        aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
+        bad: list[str] = []
+        for attempt in range(len(self.samples)):
+            i = (index + attempt) % len(self.samples)
+            try:
+                image = self.load(i)
+            except DecodeError as err:
+                bad.append((self.samples[i][0], str(err)))
+                continue
+            return self.apply_transform(image, aug_epoch, i), self.samples[i][1], i, aug_epoch, tuple(bad)
+        raise RuntimeError(f"no file under {self.root!r} could be decoded as an image")
+
+    def apply_transform(self, image, aug_epoch: int, index: int):
+        if aug_epoch < 0:
+            return self.transform(image)
+        # torchvision's transforms draw from torch's global generator: fork it and seed it for this sample.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(mix_seed(self.seed, AUG_STREAM, aug_epoch, index))
+            return self.transform(image)
+
+
+def collate(batch):
+    """Stack images and labels; keep indices, augmentation epochs and the skipped files."""
+    images, labels, indices, aug_epochs, bad = zip(*batch, strict=True)
+    return (
+        torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images),
+        torch.tensor(labels, dtype=torch.long),
+        torch.tensor(indices, dtype=torch.long),
+        torch.tensor(aug_epochs, dtype=torch.long),
+        [p for paths in bad for p in paths],
+    )
+
+
+class BadFileLog:
+    """Logs each undecodable file once per run (one line: path and reason), whichever worker or epoch met it."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, entries: Sequence[tuple[str, str]]) -> None:
+        for path, reason in entries:
+            if path not in self.seen:
+                self.seen.add(path)
+                log.warning("skipped undecodable image %s (%s)", path, reason)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+class MicroBatchSampler:
+    """Per-rank micro-batches of one epoch, from a seeded permutation of the whole data set.
+
+    Optimiser step ``s`` uses the global batch ``perm[s*B:(s+1)*B]``; that batch is cut into ``world * accum`` equal
+    chunks and rank ``r`` runs chunk ``r * accum + a`` at micro-step ``a``. So the chunks — and with per-chunk seeds
+    the whole computation — depend only on the global batch and the chunk size, not on how chunks are spread over
+    processes and accumulation steps. ``start_step`` resumes mid-epoch without touching the skipped samples.
+    Incomplete last batches are dropped (every step has the recipe's global batch).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch: int,
+        world_size: int,
+        rank: int,
+        accum: int,
+        seed: int,
+        epoch: int,
+        start_step: int = 0,
+        aug_epoch: int | None = None,
+    ):
+        if global_batch % (world_size * accum):
+            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks x {accum} steps")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.world_size, self.rank, self.accum = world_size, rank, accum
+        self.seed, self.epoch, self.start_step = seed, epoch, start_step
+        self.aug_epoch = epoch if aug_epoch is None else aug_epoch
+        self.steps = num_samples // global_batch
+        self.chunk = global_batch // (world_size * accum)
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start_step, 0) * self.accum
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        generator = torch.Generator().manual_seed(mix_seed(self.seed, ORDER_STREAM, self.epoch))
+        perm = torch.randperm(self.num_samples, generator=generator).tolist()
+        for step in range(self.start_step, self.steps):
+            batch = perm[step * self.global_batch : (step + 1) * self.global_batch]
+            for a in range(self.accum):
+                c = self.rank * self.accum + a
+                yield [(self.aug_epoch, i) for i in batch[c * self.chunk : (c + 1) * self.chunk]]
+
+
+class ShardSampler:
+    """Validation: rank ``r`` evaluates indices ``r, r + world, ...`` in batches (every sample exactly once)."""
+
+    def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0):
+        self.indices = list(range(rank, num_samples, world_size))
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for i in range(0, len(self.indices), self.batch_size):
+            yield [(-1, j) for j in self.indices[i : i + self.batch_size]]
+
+
+# --------------------------------------------------------------------------------------------- mixing
+class BatchMix:
+    """Mixup or CutMix on a batch (torchvision's ``v2.MixUp`` / ``v2.CutMix``) with probability ``prob``; CutMix
+    is chosen with ``switch_prob``. Always returns one-hot / mixed soft targets so the loss sees one format."""
+
+    def __init__(self, num_classes: int, prob: float, mixup_alpha: float, cutmix_alpha: float, switch_prob: float):
+        from torchvision.transforms import v2
+
+        self.num_classes, self.prob, self.switch_prob = num_classes, prob, switch_prob
+        self.mixup = v2.MixUp(alpha=mixup_alpha, num_classes=num_classes) if mixup_alpha > 0 else None
+        self.cutmix = v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes) if cutmix_alpha > 0 else None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = None
+        if self.prob > 0 and (self.mixup or self.cutmix) and float(torch.rand(())) < self.prob:
+            use_cutmix = self.cutmix is not None and (self.mixup is None or float(torch.rand(())) < self.switch_prob)
+            chosen = self.cutmix if use_cutmix else self.mixup
+        if chosen is None:
+            return images, F.one_hot(labels, self.num_classes).to(images.dtype)
+        return chosen(images, labels)
+
+
+# --------------------------------------------------------------------------------------------- GPU pipeline
+CROP_ATTEMPTS = 10
+CROP_PARAMS = 2 * CROP_ATTEMPTS + 3  # (area, log-ratio) per attempt, then x, y, flip
+
+
+class EncodedImageDataset(ImageFolderDataset):
+    """The GPU pipeline's worker side: returns the file's bytes (JPEG) — or, for other formats, the image decoded on
+    the CPU — plus this sample's crop parameters (uniform draws from its own seeded generator). The decode and all
+    pixel work happen batched on the GPU in ``GpuAugment``."""
+
+    def __init__(self, root: str | Path, seed: int = 0):
+        super().__init__(root, transform=None, seed=seed)
+
+    def __getitem__(self, key: SampleKey | int):
+        aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
+        bad: list[str] = []
+        for attempt in range(len(self.samples)):
+            i = (index + attempt) % len(self.samples)
+            path = self.samples[i][0]
+            try:
+                payload = read_encoded(path)
+            except DecodeError as err:
+                bad.append((path, str(err)))
+                continue
+            generator = torch.Generator().manual_seed(mix_seed(self.seed, AUG_STREAM, aug_epoch, i))
+            params = torch.rand(CROP_PARAMS, generator=generator, dtype=torch.float64)
+            return EncodedSample(payload, params, path), self.samples[i][1], i, aug_epoch, tuple(bad)
+        raise RuntimeError(f"no file under {self.root!r} could be read as an image")
+
+
+@dataclass
+class EncodedSample:
+    payload: torch.Tensor  # 1-D uint8 JPEG bytes, or a decoded uint8 CHW image (non-JPEG files)
+    params: torch.Tensor  # CROP_PARAMS uniforms
+    path: str
+
+    @property
+    def is_jpeg(self) -> bool:
+        return self.payload.dim() == 1
+
+
+def read_encoded(path: str) -> torch.Tensor:
+    data = Path(path).read_bytes()
+    if data[:2] == JPEG_MAGIC:
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    image = load_rgb(path)  # PNG & co.: decoded here on the CPU (nvJPEG only reads JPEG)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+def random_resized_crop_box(
+    params: Sequence[float], height: int, width: int, scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (10 tries, then a centre crop clamped to ``ratio``) from stored uniforms,
+    so a crop is a pure function of the sample's parameters: ``(top, left, h, w)``."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    u_x, u_y = params[2 * CROP_ATTEMPTS], params[2 * CROP_ATTEMPTS + 1]
+    for t in range(CROP_ATTEMPTS):
+        target = area * (scale[0] + (scale[1] - scale[0]) * float(params[2 * t]))
+        aspect = math.exp(log_lo + (log_hi - log_lo) * float(params[2 * t + 1]))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = min(int(float(u_y) * (height - h + 1)), height - h)
+            left = min(int(float(u_x) * (width - w + 1)), width - w)
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_crop_box(height: int, width: int, crop_pct: float) -> tuple[int, int, int, int]:
+    """The region that 'resize short side to size/crop_pct, centre-crop size' keeps, in input pixels."""
+    side = max(1, int(round(min(height, width) * crop_pct)))
+    return (height - side) // 2, (width - side) // 2, side, side
+
+
+class GpuAugment:
+    """Batched decode (``torchvision.io.decode_jpeg(list, device=...)``, nvJPEG on CUDA) + crop/resize/flip/
+    [RandAugment]/normalise on ``device``. Works on the CPU too (that is how the tests exercise it).
+
+    A JPEG the batched decoder rejects (e.g. CMYK for nvJPEG, or corrupt) is retried alone, then on the CPU with
+    PIL; a file nothing can decode is replaced by the batch's first good image (and its label), logged once.
+    """
+
+    def __init__(
+        self, size: int, cfg, device: torch.device | str, train: bool = True, bad_log: BadFileLog | None = None
+    ):
+        self.size, self.train, self.device = size, train, torch.device(device)
+        self.scale = (cfg.crop_scale_min, 1.0)
+        self.crop_pct, self.hflip = cfg.crop_pct, cfg.hflip
+        self.mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1) * 255
+        self.randaug = None
+        if train and cfg.randaug_layers:
+            self.randaug = randaugment(cfg)
+        self.bad_log = bad_log or BadFileLog()
+
+    def decode(self, samples: Sequence[EncodedSample]) -> list[torch.Tensor | None]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        images: list[torch.Tensor | None] = [None] * len(samples)
+        jpeg_idx = [i for i, s in enumerate(samples) if s.is_jpeg]
+        for i, s in enumerate(samples):
+            if not s.is_jpeg:
+                images[i] = s.payload.to(self.device, non_blocking=True)
+        if jpeg_idx:
+            try:
+                decoded = decode_jpeg(
+                    [samples[i].payload for i in jpeg_idx], mode=ImageReadMode.RGB, device=self.device
+                )
+                for i, image in zip(jpeg_idx, decoded, strict=True):
+                    images[i] = image
+            except RuntimeError:
+                for i in jpeg_idx:
+                    images[i] = self._decode_one(samples[i])
+        return images
+
+    def _decode_one(self, sample: EncodedSample) -> torch.Tensor | None:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(sample.payload, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            pass
+        import io
+
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(sample.payload.numpy().tobytes())) as image:
+                image.load()
+                rgb = to_rgb(image)
+        except (OSError, ValueError, SyntaxError, EOFError) as err:
+            self.bad_log([(sample.path, f"undecodable JPEG: {type(err).__name__}: {err}")])
+            return None
+        return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, samples: Sequence[EncodedSample], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.decode(samples)
+        good = [i for i, im in enumerate(images) if im is not None]
+        if not good:
+            raise RuntimeError("no image of this batch could be decoded: " + ", ".join(s.path for s in samples))
+        labels = labels.clone()
+        for i, im in enumerate(images):
+            if im is None:  # keep the batch shape: reuse the first good image
+                images[i], labels[i] = images[good[0]], labels[good[0]]
+        out = []
+        for image, sample in zip(images, samples, strict=True):
+            _, height, width = image.shape
+            if self.train:
+                top, left, h, w = random_resized_crop_box(sample.params.tolist(), height, width, self.scale)
+            else:
+                top, left, h, w = center_crop_box(height, width, self.crop_pct)
+            crop = image[None, :, top : top + h, left : left + w].float()
+            out.append(
+                F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            )
+        batch = torch.cat(out).clamp_(0, 255)
+        if self.train and self.hflip:
+            flip = torch.tensor([float(s.params[-1]) < 0.5 for s in samples], device=self.device)
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+        if self.randaug is not None:
+            as_uint8 = batch.round().to(torch.uint8)
+            batch = torch.stack([self.randaug(img) for img in as_uint8]).float()
+        batch = (batch - self.mean) / self.std
+        return batch.contiguous(memory_format=torch.channels_last), labels
+
+
+def randaugment(cfg):
+    """RandAugment as TF's: ``randaug_layers`` single ops, each applied with probability ``randaug_prob``."""
+    from torchvision.transforms import v2
+
+    magnitude = randaugment_magnitude(cfg.randaug_magnitude)
+    ops = []
+    for _ in range(cfg.randaug_layers):
+        one_op = v2.RandAugment(num_ops=1, magnitude=magnitude, num_magnitude_bins=11)
+        ops.append(v2.RandomApply([one_op], p=cfg.randaug_prob) if cfg.randaug_prob < 1 else one_op)
+    return v2.Compose(ops)

@@ -1,0 +1,152 @@
+"""Knowledge distillation: the KD loss, teachers from names or files, and the paper's offline mode.
+
+Offline mode (paper §8, spec §8): the teacher labels augmented crops ahead of time and the student trains on those
+stored labels. Here a crop is a pure function of ``(seed, aug_epoch, index)`` (see ``mnv4.data``), so the file
+stores only the teacher's logits per (replica, image) plus the seed and augmentation settings; during student
+training epoch ``e`` re-creates replica ``e % replicas`` bit-for-bit and looks its labels up. Not reproduced: the
+paper's JPEG re-encode of each crop before the teacher sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("mnv4.train")
+
+# The settings that decide what a crop looks like; a soft-label file is only valid with the same values.
+AUG_FIELDS = ("seed", "crop_scale_min", "hflip", "randaug_layers", "randaug_magnitude", "randaug_prob", "mean", "std")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened distributions, times T^2 (Hinton et al.) so gradients keep
+    their scale. At T = 1 this is the paper's cross-entropy to the teacher's soft labels minus a constant."""
+    t = temperature
+    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True) * (t * t)
+
+
+def load_teacher(spec: str, num_classes: int, teacher_model: str | None = None) -> nn.Module:
+    """A frozen teacher in eval mode from: our training checkpoint (``.pt``), a ``.safetensors`` file (architecture
+    from its metadata written by ``mnv4 train``, or ``teacher_model``), or a model name (pretrained weights)."""
+    from ..factory import create_model
+    from .checkpoint import load_checkpoint
+
+    path = Path(spec)
+    if path.suffix == ".pt":
+        ckpt = load_checkpoint(path)
+        state = ckpt.get("ema") or ckpt["model"]
+        state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+        arch = teacher_model or ckpt["config"]["model"]
+        teacher = create_model(arch, num_classes=int(state["classifier.weight"].shape[0]))
+        teacher.load_state_dict(state)
+    elif path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher file {spec!r} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        arch = teacher_model or meta.get("model")
+        if not arch:
+            raise ValueError(f"teacher file {spec!r} does not say its architecture; pass --teacher-model NAME")
+        state = load_file(str(path))
+        teacher = create_model(arch, num_classes=int(state["classifier.weight"].shape[0]))
+        teacher.load_state_dict(state)
+    else:
+        teacher = create_model(spec, pretrained=True)  # its own head: a re-initialised one would teach noise
+    if teacher.num_classes != num_classes:
+        raise ValueError(f"teacher {spec!r} predicts {teacher.num_classes} classes but the data has {num_classes}")
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+def aug_fingerprint(cfg, image_size: int) -> dict:
+    values = {name: getattr(cfg, name) for name in AUG_FIELDS}
+    values["mean"], values["std"] = list(values["mean"]), list(values["std"])
+    values["image_size"] = image_size
+    return values
+
+
+@torch.no_grad()
+def precompute_soft_labels(
+    teacher: nn.Module,
+    train_dir: str | Path,
+    cfg,
+    out_path: str | Path,
+    replicas: int = 1,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    image_size: int | None = None,
+) -> Path:
+    """Run ``teacher`` on ``replicas`` augmented copies of every training image (the crops the student will see in
+    epochs ``r, r + replicas, ...``) and store the logits (float16) with the seed and augmentation settings."""
+    from safetensors.torch import save_file
+    from torch.utils.data import DataLoader
+
+    from ..data import BadFileLog, ImageFolderDataset, collate, train_transform
+
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    size = image_size or cfg.image_size or teacher.spec.resolution
+    dataset = ImageFolderDataset(train_dir, train_transform(size, cfg), seed=cfg.seed)
+    teacher = teacher.to(device).eval()
+    logits = torch.zeros(replicas, len(dataset), teacher.num_classes, dtype=torch.float16)
+    bad_log = BadFileLog()
+    for r in range(replicas):
+        keys = [(r, i) for i in range(len(dataset))]
+        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, collate_fn=collate)
+        for images, _, indices, _, bad in loader:
+            bad_log(bad)
+            logits[r, indices] = teacher(images.to(device)).float().cpu().half()
+        log.info("soft labels: replica %d/%d done", r + 1, replicas)
+    meta = {
+        "replicas": str(replicas),
+        "num_samples": str(len(dataset)),
+        "classes": json.dumps(dataset.classes),
+        "augmentation": json.dumps(aug_fingerprint(cfg, size)),
+        "teacher": getattr(getattr(teacher, "spec", None), "name", type(teacher).__name__),
+    }
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    save_file({"logits": logits}, str(tmp), metadata=meta)
+    tmp.replace(out_path)
+    return out_path
+
+
+class SoftLabels:
+    """Stored teacher logits, checked against the run that uses them."""
+
+    def __init__(self, path: str | Path, cfg, image_size: int, classes: list[str]):
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"soft-label file {str(path)!r} does not exist")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            self.logits = f.get_tensor("logits")
+        self.replicas = int(meta["replicas"])
+        if json.loads(meta["classes"]) != classes:
+            raise ValueError(f"soft labels in {str(path)!r} were made for other classes than this data set's")
+        if int(meta["num_samples"]) != self.logits.shape[1]:
+            raise ValueError(f"soft-label file {str(path)!r} is inconsistent")
+        stored, current = json.loads(meta["augmentation"]), aug_fingerprint(cfg, image_size)
+        differ = sorted(k for k in stored if stored[k] != current.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: file {stored[k]!r} vs run {current.get(k)!r}" for k in differ)
+            raise ValueError(
+                f"soft labels in {str(path)!r} were made for other crops ({detail}); use the same settings"
+            )
+
+    def lookup(self, aug_epochs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return self.logits[aug_epochs, indices].float()

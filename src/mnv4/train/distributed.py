@@ -1,0 +1,80 @@
+"""Process-group plumbing for ``torchrun``: who am I, which device, reductions, and SyncBN for our BN+act layers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the group: NCCL on CUDA, gloo on CPU.
+    Multi-node runs come for free through torchrun's rendezvous (``--nnodes``, ``--rdzv-endpoint``)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    if use_cuda:
+        dev = torch.device("cuda", local_rank) if device in ("auto", "cuda") else torch.device(device)
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+class SyncBatchNormAct2d(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that keeps the activation of our ``BatchNormAct2d`` (torch's converter would drop it).
+    Same state-dict keys as BatchNorm2d. PyTorch's SyncBN only synchronises CUDA tensors."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        self.act = getattr(bn, "act", nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(super().forward(x))
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d (incl. BatchNormAct2d) by ``SyncBatchNormAct2d``, keeping weights and stats."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        new = SyncBatchNormAct2d(module).to(module.weight.device if module.affine else "cpu")
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child))
+    return module
