@@ -1,0 +1,109 @@
+"""Numerical checks of an exported model against the PyTorch model it came from.
+
+Every exporter's ``verify_*`` runs the exported file on a few random inputs and compares with the PyTorch model in
+eval mode: ``max |exported - torch| / max |torch|`` over the outputs (``mnv4.testing.relative_error``), i.e. the
+largest deviation relative to the output's scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+# Default tolerances relative to the output scale: fp32 runtimes differ from PyTorch by float rounding only (the
+# convs sum in a different order; deep random-weight hybrids amplify that to ~1e-4, an export bug gives ~1);
+# fp16 weights/activations keep ~3 significant digits; int8 (checked on real calibration images) is judged by
+# accuracy, this bound only catches a broken graph (a wrong int8 model is off by about the output scale).
+FP32_TOLERANCE = 1e-3
+FP16_TOLERANCE = 3e-2
+INT8_TOLERANCE = 0.5
+
+
+@dataclass
+class ExportCheck:
+    """The result of verifying one exported file."""
+
+    format: str
+    path: str
+    max_rel_error: float
+    tolerance: float
+    input_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    input_kind: str = "random inputs"
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel_error <= self.tolerance
+
+    def summary(self) -> str:
+        shapes = ", ".join("x".join(map(str, s)) for s in self.input_shapes)
+        verdict = "OK" if self.ok else "FAILED"
+        return (
+            f"{self.format} check {verdict}: max |diff| / max |torch output| = {self.max_rel_error:.2e} "
+            f"(tolerance {self.tolerance:.0e}) on {len(self.input_shapes)} {self.input_kind} ({shapes})"
+        )
+
+    def raise_if_failed(self) -> ExportCheck:
+        if not self.ok:
+            raise RuntimeError(
+                f"{self.summary()}: the exported model {self.path} does not reproduce the PyTorch model; "
+                "do not ship it (re-export, or report the exporter/runtime versions as a bug)"
+            )
+        return self
+
+
+def random_inputs(
+    input_size: tuple[int, int], batch_sizes: Sequence[int], in_chans: int = 3, seed: int = 0
+) -> list[torch.Tensor]:
+    """Standard-normal NCHW inputs (what a normalised image looks like to the network), reproducible by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, in_chans, *input_size, generator=gen) for b in batch_sizes]
+
+
+def as_outputs(value) -> list[np.ndarray]:
+    """A model output (tensor, list/tuple of tensors, or numpy arrays) as a list of float64 numpy arrays."""
+    if isinstance(value, (list, tuple)):
+        return [np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v, dtype=np.float64) for v in value]
+    return [np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)]
+
+
+def max_relative_error(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
+    """The worst ``max|a - e| / max|e|`` over matching outputs (shapes must agree)."""
+    if len(actual) != len(expected):
+        raise RuntimeError(f"the exported model returned {len(actual)} outputs, PyTorch {len(expected)}")
+    worst = 0.0
+    for a, e in zip(actual, expected, strict=True):
+        a = np.asarray(a, dtype=np.float64).reshape(e.shape) if a.size == e.size else a
+        if a.shape != e.shape:
+            raise RuntimeError(f"output shape {a.shape} differs from PyTorch's {e.shape}")
+        scale = np.abs(e).max()
+        if scale == 0:
+            raise ValueError("the PyTorch output is all zeros: a relative comparison is meaningless")
+        worst = max(worst, float(np.abs(a - e).max() / scale))
+    return worst
+
+
+@torch.no_grad()
+def compare(
+    model: nn.Module,
+    run_exported: Callable[[np.ndarray], list[np.ndarray]],
+    inputs: Sequence[torch.Tensor],
+    fmt: str,
+    path: str,
+    tolerance: float,
+) -> ExportCheck:
+    """Run ``model`` (eval mode, fp32) and ``run_exported`` on each input and collect the worst relative error."""
+    was_training = model.training
+    model.eval()
+    worst = 0.0
+    try:
+        for x in inputs:
+            expected = as_outputs(model(x))
+            actual = run_exported(x.numpy())
+            worst = max(worst, max_relative_error(actual, expected))
+    finally:
+        model.train(was_training)
+    return ExportCheck(fmt, str(path), worst, tolerance, [tuple(x.shape) for x in inputs])
