@@ -210,3 +210,16 @@ def test_prune_intermediate_layers_matches_timm(timm):
         torch.testing.assert_close(ours(x), ref(x))
         feats = ours.forward_intermediates(x, indices=[1, 3], intermediates_only=True)
     assert [f.shape[1] for f in feats] == [48, 160] and ours.num_features == 160
+
+
+def test_fuse_is_deploy_in_place():
+    from mnv4.testing import make_nondegenerate, relative_error
+
+    model = make_nondegenerate(mnv4.create_model("mobilenetv4_conv_small"), input_size=(64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        fused = model.fuse()
+        assert fused is model
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert relative_error(model(x), expected) <= 1e-5

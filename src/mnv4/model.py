@@ -318,6 +318,12 @@ class MobileNetV4(nn.Module):
             self.head_hidden_size = self.num_features
         return take
 
+    def fuse(self) -> MobileNetV4:
+        """Fold BN and layer scale into the convs, in place, for inference (``mnv4.deploy.deploy``)."""
+        from .deploy import deploy
+
+        return deploy(self, inplace=True)
+
     def set_attention_impl(self, impl: str) -> MobileNetV4:
         """Switch every Mobile MQA block between ``"sdpa"`` and ``"math"`` (same weights, same results)."""
         for m in self.modules():
