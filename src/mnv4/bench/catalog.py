@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 # The default run: the five paper models at their paper resolutions, then the MobileNetV3 baselines at 224.
@@ -49,14 +50,26 @@ class CatalogEntry:
     baseline: bool
 
     def build(self) -> nn.Module:
-        """The network in eval mode, randomly initialised (latency does not depend on the weights' values)."""
+        """The network in eval mode with trained-like random weights (no download).
+
+        Latency does not depend on the weights' values -- except through float denormals: with random-init
+        BatchNorm (identity statistics) activations can decay into denormals in deep layers, which slows CPU kernels
+        several-fold and would not happen with trained weights. ``make_nondegenerate`` measures BN statistics on a
+        random batch so every layer sees unit-scale activations, for MNv4 and the MobileNetV3 baselines alike.
+        """
+        from ..testing import make_nondegenerate
+
         if self.baseline:
             import torchvision
 
-            return getattr(torchvision.models, self.name)(weights=None).eval()
-        from ..factory import create_model
+            model = getattr(torchvision.models, self.name)(weights=None)
+        else:
+            from ..factory import create_model
 
-        return create_model(self.name).eval()
+            model = create_model(self.name)
+        size = (self.resolution, self.resolution)
+        with torch.random.fork_rng():
+            return make_nondegenerate(model, seed=0, input_size=size, batch_size=2, passes=1)
 
 
 def _baseline_top1(name: str) -> tuple[float | None, str]:

@@ -162,13 +162,19 @@ def simplify_onnx(proto):
     return slim
 
 
-def onnx_session(path: str | Path, threads: int | None = None, optimize: bool = True):
-    """An ONNX Runtime CPU session (``threads``: intra-op threads; None = ORT's default)."""
+def onnx_session(path: str | Path, threads: int | None = None, optimize: bool = True, spin: bool = True):
+    """An ONNX Runtime CPU session (``threads``: intra-op threads; None = ORT's default).
+
+    ``spin=False`` stops ORT's worker threads from busy-waiting after each run: needed when ORT calls are interleaved
+    with other engines (PyTorch, LiteRT) on the same cores, which the spinning threads would otherwise slow down.
+    """
     ort = require("onnxruntime")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
