@@ -158,16 +158,13 @@ def test_failed_cell_is_recorded_not_fatal(tmp_path):
 
 def test_deployed_backend_matches_eager_on_mnv4_and_baseline(tmp_path):
     from mnv4.bench.backends import DeployedBackend
-    from mnv4.testing import make_nondegenerate, relative_error
+    from mnv4.testing import relative_error
 
     backend = DeployedBackend()
     if not backend.available():
         pytest.skip(backend.unavailable_reason())
     for name in ("mobilenetv4_conv_small", "mobilenet_v3_small"):
-        model = catalog_entry(name).build()
-        if name.startswith("mobilenetv4"):
-            make_nondegenerate(model, seed=0, input_size=(64, 64))
-        model.eval()
+        model = catalog_entry(name).build()  # already non-degenerate (measured BN statistics), eval mode
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
             expected = model(x)
@@ -194,11 +191,9 @@ def test_onnxruntime_backend_matches_eager(tmp_path):
     backend = OnnxRuntimeBackend()
     if not backend.available():
         pytest.skip(backend.unavailable_reason())
-    from mnv4.testing import make_nondegenerate, relative_error
+    from mnv4.testing import relative_error
 
-    model = catalog_entry("mobilenetv4_conv_small").build()
-    make_nondegenerate(model, seed=0, input_size=(64, 64))
-    model.eval()
+    model = catalog_entry("mobilenetv4_conv_small").build()  # already non-degenerate, eval mode
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
@@ -253,14 +248,12 @@ def test_litert_backend_matches_eager(tmp_path):
     pytest.importorskip("litert_torch", reason="LiteRT converter not installed (pip install 'mnv4[tflite]')")
     pytest.importorskip("ai_edge_litert", reason="LiteRT runtime not installed (pip install 'mnv4[tflite]')")
     from mnv4.bench.backends import LiteRTBackend
-    from mnv4.testing import make_nondegenerate, relative_error
+    from mnv4.testing import relative_error
 
     backend = LiteRTBackend()
     if not backend.available():
         pytest.skip(backend.unavailable_reason())
-    model = catalog_entry("mobilenetv4_conv_small").build()
-    make_nondegenerate(model, seed=0, input_size=(64, 64))
-    model.eval()
+    model = catalog_entry("mobilenetv4_conv_small").build()  # already non-degenerate, eval mode
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = model(x)
