@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 from collections.abc import Sequence
 
+from .errors import UserError
 from .model import MobileNetV4
-from .specs import MODEL_SPECS, ModelSpec
+from .specs import MODEL_SPECS, ModelSpec, closest_names, get_spec, is_spec_file  # noqa: F401 (re-exported)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -16,24 +16,8 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in MODEL_SPECS if fnmatch.fnmatch(name, pattern))
 
 
-def closest_names(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
-    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
-    if not close:  # fall back to substring matches (e.g. 'hybrid' -> all hybrids)
-        close = [c for c in candidates if name.lower() in c][:n]
-    return close
-
-
-def get_spec(name: str) -> ModelSpec:
-    """The layer table of a variant; raises a ValueError naming the closest variants when unknown."""
-    if name in MODEL_SPECS:
-        return MODEL_SPECS[name]
-    close = closest_names(name, list(MODEL_SPECS))
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} See mnv4.list_models() for all {len(MODEL_SPECS)} variants.")
-
-
 def create_model(
-    name: str,
+    name: str | os.PathLike | ModelSpec,
     pretrained: bool | str | os.PathLike = False,
     num_classes: int | None = None,
     in_chans: int = 3,
@@ -44,7 +28,8 @@ def create_model(
     attn_impl: str = "sdpa",
     use_ema: bool = True,
 ) -> MobileNetV4:
-    """Build a MobileNetV4 variant by name (``mnv4.list_models()``) or ``variant.tag`` (``mnv4.list_pretrained()``).
+    """Build a MobileNetV4 variant by name (``mnv4.list_models()``), ``variant.tag`` (``mnv4.list_pretrained()``),
+    spec file (``*.json``, e.g. from ``mnv4 search``) or ``ModelSpec``.
 
     ``pretrained``: False = random init as timm does; True = the tag's weights from the Hugging Face hub (a bare
     variant name means its default tag), through the hub cache and ``HF_HUB_OFFLINE``; a path = a local
@@ -67,11 +52,18 @@ def create_model(
             f"pretrained must be True/False or a path to a weights file, got {pretrained!r}; "
             "pass num_classes by keyword: create_model(name, num_classes=...)"
         )
-    arch, tag = weights.split_name(name)
-    spec = get_spec(arch)
+    if isinstance(name, ModelSpec) or is_spec_file(name):
+        spec, tag = get_spec(name), None
+        if pretrained is True:
+            raise UserError(
+                f"{spec.name} is a custom architecture with no released weights; pass pretrained='path/to/weights'"
+            )
+    else:
+        arch, tag = weights.split_name(name)
+        spec = get_spec(arch)
     state_dict, source = None, None
     if pretrained is True:
-        tag = tag or weights.default_tag(arch)
+        tag = tag or weights.default_tag(spec.name)
         path = weights.download(tag)
         state_dict, source = weights.read_state_dict(path, use_ema), f"{tag.name} ({path})"
     elif pretrained:
@@ -94,7 +86,7 @@ def create_model(
         out_indices=out_indices,
         attn_impl=attn_impl,
     )
-    model.pretrained_cfg = (tag or weights.default_tag(arch)).to_cfg()
+    model.pretrained_cfg = tag.to_cfg() if tag is not None else weights.default_cfg(spec)
     model.pretrained_cfg["weights"] = source  # None: random init
     if state_dict is not None:
         weights.load_weights(model, state_dict, source)

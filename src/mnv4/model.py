@@ -20,10 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .blocks import ATTENTION_IMPLS, ConvBlock, FusedIB, MobileMQA, MultiQueryAttention2d, UniversalInvertedBottleneck
 from .layers import BatchNormAct2d, conv2d, init_weights_goog, make_divisible
-from .specs import MQA, UIB, Conv, ModelSpec, Row
+from .specs import MIN_INPUT_SIZE, MQA, UIB, Conv, ModelSpec, Row
 from .specs import FusedIB as FusedIBRow
-
-MIN_INPUT_SIZE = 32  # five stride-2 stages: anything smaller leaves the /32 level empty
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analysis import LayerProfile
+from .specs import MIN_INPUT_SIZE
 
 BYTES_PER_ELEMENT = {"int8": 1, "fp16": 2, "bf16": 2, "fp32": 4}
 
@@ -209,6 +210,6 @@ def model_roofline(
 
     entry = catalog_entry(name)
     res = resolution or entry.resolution
-    if res < 32:
-        raise ValueError(f"resolution must be >= 32, got {res}")
+    if res < MIN_INPUT_SIZE:
+        raise ValueError(f"resolution must be >= {MIN_INPUT_SIZE}, got {res}")
     return roofline_layers(profile_layers(entry.build(), (res, res)), precision), res

@@ -24,7 +24,17 @@ the tables follow the released models:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import difflib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import UserError
+
+# Five stride-2 levels (stem + four strided stages): anything smaller than 32 px leaves the /32 level empty.
+MIN_INPUT_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -370,3 +380,182 @@ EXTRA_MODELS = (
 )
 
 MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in PAPER_MODELS + EXTRA_MODELS}
+
+
+
+# ---------------------------------------------------------------------------------------------------- lookup
+def closest_names(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    """Up to ``n`` candidates that look like ``name`` (for "did you mean" hints)."""
+    close = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    if not close:  # fall back to substring matches (e.g. 'hybrid' -> all hybrids)
+        close = [c for c in candidates if name.lower() in c][:n]
+    return close
+
+
+def is_spec_file(name: object) -> bool:
+    """True when ``name`` names a spec file (``*.json``) rather than a registered variant."""
+    return isinstance(name, (str, os.PathLike)) and os.fspath(name).lower().endswith(".json")
+
+
+def get_spec(name: str | os.PathLike | ModelSpec) -> ModelSpec:
+    """The layer table of a registered variant, of a spec file (``*.json``, see ``save_spec``), or ``name`` itself
+    when it already is a ``ModelSpec``. Unknown names raise a ``UserError`` naming the closest variants."""
+    if isinstance(name, ModelSpec):
+        validate_spec(name)
+        return name
+    if is_spec_file(name):
+        return load_spec(name)
+    if name in MODEL_SPECS:
+        return MODEL_SPECS[name]
+    close = closest_names(str(name), list(MODEL_SPECS))
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UserError(
+        f"unknown model {name!r}.{hint} See mnv4.list_models() for all {len(MODEL_SPECS)} variants, or pass a "
+        "spec file (*.json, e.g. from `mnv4 search`)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- spec files
+# A spec file is the layer table as JSON: the ModelSpec fields, and ``stages`` as lists of rows, each row an object
+# with its type and the row's fields in table order, e.g. {"type": "UIB", "start_dw": 3, "mid_dw": 5, "expand": 4,
+# "out": 80, "stride": 2}. ``mnv4 search`` writes them; every command that takes a variant name takes one.
+SPEC_FORMAT = "mnv4-spec/1"
+ROW_TYPES: dict[str, type] = {"Conv": Conv, "FusedIB": FusedIB, "UIB": UIB, "MQA": MQA}
+_KERNELS = (1, 3, 5, 7)
+
+
+def spec_to_dict(spec: ModelSpec) -> dict:
+    """The JSON-ready form of a spec (``spec_from_dict`` reads it back)."""
+    out = {"format": SPEC_FORMAT}
+    for f in fields(ModelSpec):
+        value = getattr(spec, f.name)
+        if f.name == "stages":
+            value = [[{"type": type(row).__name__, **asdict(row)} for row in stage] for stage in spec.stages]
+        elif f.name == "notes":
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def spec_from_dict(data: dict, source: str = "spec") -> ModelSpec:
+    """A validated ``ModelSpec`` from ``spec_to_dict``'s form; anything malformed raises one ``UserError``."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a JSON object with the ModelSpec fields, got {type(data).__name__}")
+    if data.get("format", SPEC_FORMAT) != SPEC_FORMAT:
+        raise UserError(f"{source}: unknown spec format {data.get('format')!r}; this mnv4 reads {SPEC_FORMAT!r}")
+    known = {f.name for f in fields(ModelSpec)}
+    unknown = sorted(set(data) - known - {"format"})
+    if unknown:
+        raise UserError(f"{source}: unknown field(s) {', '.join(unknown)}; a spec has {', '.join(sorted(known))}")
+    missing = [k for k in ("name", "stages", "stem", "resolution") if k not in data]
+    if missing:
+        raise UserError(f"{source}: missing field(s) {', '.join(missing)}")
+    stages = data["stages"]
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, list) and s for s in stages):
+        raise UserError(f"{source}: 'stages' must be a non-empty list of non-empty lists of rows")
+    rows_out = []
+    for si, stage in enumerate(stages):
+        rows = []
+        for ri, row in enumerate(stage):
+            where = f"{source}: stages[{si}][{ri}]"
+            if not isinstance(row, dict) or row.get("type") not in ROW_TYPES:
+                raise UserError(f"{where}: expected an object with 'type' one of {', '.join(ROW_TYPES)}, got {row!r}")
+            cls = ROW_TYPES[row["type"]]
+            args = {k: v for k, v in row.items() if k != "type"}
+            try:
+                rows.append(cls(**args))
+            except TypeError as err:
+                names = ", ".join(f.name for f in fields(cls))
+                raise UserError(f"{where}: {row['type']} takes {names} ({err})") from None
+        rows_out.append(tuple(rows))
+    values = {k: v for k, v in data.items() if k in known}
+    values["stages"] = tuple(rows_out)
+    values["notes"] = tuple(values.get("notes", ()))
+    try:
+        spec = ModelSpec(**values)
+    except TypeError as err:
+        raise UserError(f"{source}: {err}") from None
+    validate_spec(spec, source)
+    return spec
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _is_int(value: object, lo: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lo
+
+
+def validate_spec(spec: ModelSpec, source: str | None = None) -> None:
+    """Raise a ``UserError`` unless ``spec`` builds a working MobileNetV4 (types, ranges, strides, widths)."""
+    where = source or spec.name
+    _check(isinstance(spec.name, str) and spec.name.strip() != "", f"{where}: 'name' must be a non-empty string")
+    _check(_is_int(spec.stem), f"{where}: 'stem' must be a positive int, got {spec.stem!r}")
+    _check(_is_int(spec.resolution, MIN_INPUT_SIZE), f"{where}: 'resolution' must be an int >= {MIN_INPUT_SIZE}")
+    _check(spec.act in ("relu", "gelu"), f"{where}: 'act' must be 'relu' or 'gelu', got {spec.act!r}")
+    _check(spec.aa in (None, "avg", "blurpc"), f"{where}: 'aa' must be null, 'avg' or 'blurpc', got {spec.aa!r}")
+    _check(
+        spec.layer_scale is None or (isinstance(spec.layer_scale, (int, float)) and spec.layer_scale > 0),
+        f"{where}: 'layer_scale' must be null or a positive number, got {spec.layer_scale!r}",
+    )
+    _check(isinstance(spec.width, (int, float)) and 0 < spec.width <= 4, f"{where}: 'width' must be in (0, 4]")
+    _check(_is_int(spec.head_hidden), f"{where}: 'head_hidden' must be a positive int")
+    reduction, width = 2, spec.stem
+    for si, stage in enumerate(spec.stages):
+        for ri, row in enumerate(stage):
+            at = f"{where}: stages[{si}][{ri}] ({type(row).__name__})"
+            _check(row.stride in (1, 2), f"{at}: stride must be 1 or 2, got {row.stride!r}")
+            _check(_is_int(row.out), f"{at}: 'out' must be a positive int, got {row.out!r}")
+            if isinstance(row, (Conv, FusedIB)):
+                _check(row.kernel in _KERNELS, f"{at}: kernel must be one of {_KERNELS}, got {row.kernel!r}")
+            if isinstance(row, (FusedIB, UIB)):
+                _check(
+                    isinstance(row.expand, (int, float)) and not isinstance(row.expand, bool) and 0 < row.expand <= 16,
+                    f"{at}: 'expand' must be a number in (0, 16], got {row.expand!r}",
+                )
+            if isinstance(row, UIB):
+                for k in ("start_dw", "mid_dw"):
+                    _check(getattr(row, k) in (0, *_KERNELS), f"{at}: {k} must be 0 (absent) or one of {_KERNELS}")
+                _check(
+                    row.stride == 1 or row.start_dw or row.mid_dw,
+                    f"{at}: a strided UIB needs a start or middle depthwise conv to carry the stride",
+                )
+            if isinstance(row, MQA):
+                _check(_is_int(row.heads) and _is_int(row.head_dim), f"{at}: heads and head_dim must be positive")
+                _check(row.kv_stride in (1, 2), f"{at}: kv_stride must be 1 or 2, got {row.kv_stride!r}")
+                _check(row.stride == 1, f"{at}: Mobile MQA blocks do not downsample (stride 1)")
+                _check(row.out == width, f"{at}: a Mobile MQA row keeps the width ({width} in, {row.out} out)")
+            reduction *= row.stride
+            width = row.out
+    _check(
+        reduction == 32,
+        f"{where}: the stem and the strided rows must downsample by 32 in all (five stride-2 levels), got {reduction}",
+    )
+    registered = MODEL_SPECS.get(spec.name)
+    _check(
+        registered is None or registered == spec,
+        f"{where}: {spec.name!r} is the name of a registered variant with a different table; give the spec its "
+        "own name",
+    )
+
+
+def save_spec(spec: ModelSpec, path: str | os.PathLike) -> Path:
+    """Write ``spec`` as a spec file (JSON) that ``get_spec`` / ``create_model`` / every CLI command read back."""
+    validate_spec(spec)
+    path = Path(path)
+    path.write_text(json.dumps(spec_to_dict(spec), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_spec(path: str | os.PathLike) -> ModelSpec:
+    """Read and validate a spec file; a missing, unreadable or invalid file raises one ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"spec file {str(path)!r} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not a JSON spec file ({err})") from None
+    return spec_from_dict(data, str(path))

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .weights import IMAGENET_MEAN, IMAGENET_STD, default_tag, split_name
+from .specs import MIN_INPUT_SIZE, get_spec, is_spec_file
+from .weights import IMAGENET_MEAN, IMAGENET_STD, default_cfg, default_tag, split_name
 
 DEFAULT_CROP_PCT = 0.875  # timm's DEFAULT_CROP_PCT, the classic ImageNet crop
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -42,8 +43,10 @@ class DataConfig(Mapping):
 
     def __post_init__(self):
         c, h, w = self.input_size
-        if min(h, w) < 32:
-            raise ValueError(f"image size must be >= 32 px (MobileNetV4 downsamples by 32), got {h}x{w}")
+        if min(h, w) < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"image size must be >= {MIN_INPUT_SIZE} px (MobileNetV4 downsamples by 32), got {h}x{w}"
+            )
         if not 0.0 < self.crop_pct <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.interpolation not in INTERPOLATIONS:
@@ -89,14 +92,17 @@ def data_config(
     """
     in_chans = 3
     if isinstance(model_or_cfg, str):
-        arch, tag = split_name(model_or_cfg)  # unknown names / tags: the closest ones in the error
-        cfg = (tag or default_tag(arch)).to_cfg()
+        if is_spec_file(model_or_cfg):
+            cfg = default_cfg(get_spec(model_or_cfg))
+        else:
+            arch, tag = split_name(model_or_cfg)  # unknown names / tags: the closest ones in the error
+            cfg = (tag or default_tag(arch)).to_cfg()
     elif isinstance(model_or_cfg, torch.nn.Module):
         cfg = dict(getattr(model_or_cfg, "pretrained_cfg", None) or {})
         in_chans = getattr(model_or_cfg, "in_chans", 3)
         spec = getattr(model_or_cfg, "spec", None)
         if not cfg and spec is not None:  # built from a spec directly: its variant's default tag (timm's choice)
-            cfg = default_tag(spec.name).to_cfg()
+            cfg = default_cfg(spec)
     elif isinstance(model_or_cfg, Mapping):
         cfg = dict(model_or_cfg)
     else:

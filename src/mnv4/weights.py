@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .specs import MODEL_SPECS, ModelSpec, closest_names, get_spec
+
 logger = logging.getLogger("mnv4")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,10 +171,23 @@ def default_tag(arch: str) -> PretrainedTag:
     raise ValueError(f"no pretrained config for {arch!r}")
 
 
+def default_cfg(spec: ModelSpec) -> dict:
+    """The ``pretrained_cfg`` of a model without a tag: its variant's default tag (timm's choice for an
+    un-pretrained model) or, for a custom spec (``mnv4 search``), the MNv4 protocol at the spec's resolution."""
+    if MODEL_SPECS.get(spec.name) == spec:
+        return default_tag(spec.name).to_cfg()
+    size = spec.resolution
+    return {
+        "architecture": spec.name, "tag": None, "hf_hub_id": None, "num_classes": 1000,
+        "input_size": (3, size, size), "test_input_size": None, "crop_pct": 0.95, "test_crop_pct": None,
+        "crop_mode": "center", "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+        "first_conv": "conv_stem", "classifier": "classifier", "license": None,
+        "top1": None, "top5": None, "test_top1": None, "test_top5": None,
+    }
+
+
 def split_name(name_or_tag: str) -> tuple[str, PretrainedTag | None]:
     """``'variant'`` -> (variant, None); ``'variant.tag'`` -> (variant, its PretrainedTag); unknown -> ValueError."""
-    from .factory import closest_names, get_spec
-
     if not isinstance(name_or_tag, str):
         raise ValueError(f"model name must be a string, got {name_or_tag!r}")
     arch, _, tag = name_or_tag.partition(".")
@@ -309,7 +324,6 @@ def _unwrap(obj: object, path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
 @functools.cache
 def _variant_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of a variant's backbone (no classifier), built on the meta device (no memory, ~0.1 s)."""
-    from .factory import get_spec
     from .model import MobileNetV4
 
     with torch.device("meta"):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..specs import MIN_INPUT_SIZE
 from .backends import Backend, NotApplicable, resolve_backends
 from .catalog import resolve_models
 from .environment import capture_environment, default_threads
@@ -46,7 +47,10 @@ class BenchConfig:
             (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
             (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
             (self.max_seconds > 0, f"the time budget per cell must be > 0 s, got {self.max_seconds}"),
-            (self.resolution is None or self.resolution >= 32, f"--resolution must be >= 32, got {self.resolution}"),
+            (
+                self.resolution is None or self.resolution >= MIN_INPUT_SIZE,
+                f"--resolution must be >= {MIN_INPUT_SIZE}, got {self.resolution}",
+            ),
             (all(b >= 1 for b in self.cuda_batch_sizes), f"CUDA batch sizes must be >= 1: {self.cuda_batch_sizes}"),
         ]
         for ok, message in checks:

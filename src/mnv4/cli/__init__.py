@@ -40,9 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..errors import UserError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:  # bad input: one clear line, no traceback
+    except (UserError, ValueError, FileNotFoundError, RuntimeError) as err:  # bad input: one clear line, no traceback
         print(f"mnv4 {args.command}: error: {err}", file=sys.stderr)
         return 2
 

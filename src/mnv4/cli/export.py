@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..specs import MIN_INPUT_SIZE
+
 FORMATS = ("onnx", "tflite", "coreml")
 
 
@@ -52,8 +54,8 @@ def check_args(args: argparse.Namespace) -> tuple[int, int] | None:
         raise ValueError("--fp32 only applies to --format coreml (the other formats are fp32 by default)")
     if args.fp32 and args.fp16:
         raise ValueError("choose one of --fp16 and --fp32")
-    if args.size is not None and min(args.size) < 32:
-        raise ValueError(f"--size must be >= 32 in both dimensions, got {args.size[0]} {args.size[1]}")
+    if args.size is not None and min(args.size) < MIN_INPUT_SIZE:
+        raise ValueError(f"--size must be >= {MIN_INPUT_SIZE} in both dimensions, got {args.size[0]} {args.size[1]}")
     if args.calib_images < 1:
         raise ValueError(f"--calib-images must be >= 1, got {args.calib_images}")
     suffix = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage"}[args.format]

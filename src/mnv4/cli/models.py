@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..specs import MIN_INPUT_SIZE
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -51,8 +53,8 @@ def model_table(pattern: str = "*", resolution: int | None = None) -> list[dict]
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution is not None and args.resolution < 32:
-        raise ValueError(f"--resolution must be >= 32, got {args.resolution}")
+    if args.resolution is not None and args.resolution < MIN_INPUT_SIZE:
+        raise ValueError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
     rows = model_table(args.pattern, args.resolution)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from ..specs import MIN_INPUT_SIZE
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model`` / ``--weights`` / preprocessing overrides, shared by ``predict`` and ``eval``."""
@@ -35,8 +37,8 @@ def model_from_args(args: argparse.Namespace):
         handler.setFormatter(logging.Formatter("mnv4: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-    if args.img_size is not None and args.img_size < 32:
-        raise ValueError(f"--img-size must be >= 32, got {args.img_size}")
+    if args.img_size is not None and args.img_size < MIN_INPUT_SIZE:
+        raise ValueError(f"--img-size must be >= {MIN_INPUT_SIZE}, got {args.img_size}")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     model = create_model(args.model, pretrained=args.weights or True)

@@ -6,6 +6,8 @@ import argparse
 import math
 from pathlib import Path
 
+from ..specs import MIN_INPUT_SIZE
+
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
@@ -57,8 +59,8 @@ def _hardware(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution is not None and args.resolution < 32:
-        raise ValueError(f"--resolution must be >= 32, got {args.resolution}")
+    if args.resolution is not None and args.resolution < MIN_INPUT_SIZE:
+        raise ValueError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
     hardware = _hardware(args)
     if args.rp is not None and hardware is not None:
         raise ValueError("--rp and --peak-macs/--peak-bw both set a ridge point; give one of them")

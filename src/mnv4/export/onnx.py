@@ -24,6 +24,7 @@ from torch import nn
 
 from ..deploy import deploy, is_deployed
 from ..model import MobileNetV4
+from ..specs import MIN_INPUT_SIZE
 from . import require
 from .verify import FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
@@ -52,8 +53,8 @@ class OnnxExportConfig:
 
 
 def check_input_size(size) -> tuple[int, int]:
-    if len(size) != 2 or not all(isinstance(s, int) and s >= 32 for s in size):
-        raise ValueError(f"input size must be two ints (H, W) >= 32, got {size!r}")
+    if len(size) != 2 or not all(isinstance(s, int) and s >= MIN_INPUT_SIZE for s in size):
+        raise ValueError(f"input size must be two ints (H, W) >= {MIN_INPUT_SIZE}, got {size!r}")
     return tuple(size)
 
 

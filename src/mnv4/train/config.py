@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..specs import MIN_INPUT_SIZE
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -135,7 +137,10 @@ class TrainConfig:
         check(0 < self.crop_pct <= 1, f"crop_pct must be in (0, 1], got {self.crop_pct}")
         check(self.ema_decay is None or 0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         check(self.bn_momentum is None or 0 <= self.bn_momentum <= 1, "bn_momentum must be in [0, 1] (PyTorch)")
-        check(self.image_size is None or self.image_size >= 32, f"image_size must be >= 32, got {self.image_size}")
+        check(
+            self.image_size is None or self.image_size >= MIN_INPUT_SIZE,
+            f"image_size must be >= {MIN_INPUT_SIZE}, got {self.image_size}",
+        )
         check(self.kd_temperature > 0, f"kd_temperature must be > 0, got {self.kd_temperature}")
         check(0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         check(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}")
