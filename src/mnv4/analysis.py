@@ -5,7 +5,8 @@ What is counted as MACs (multiply-accumulates, one per multiply-add; 1 MAC = 2 F
 - the fixed 3x3 depthwise blur of ``BlurPool2d`` (the 'blurpc' anti-aliased variant) like any depthwise conv;
 - every ``nn.Linear``: output elements x input features;
 - the two attention matmuls of each Mobile MQA block: Q K^T and softmax(.) V, i.e. heads x N x M x (key dim + value
-  dim) for N query positions and M key/value positions.
+  dim) for N query positions and M key/value positions (the same for multi-head attention, which only reads more
+  keys and values).
 BatchNorm, activations, pooling, softmax, residual adds and layer scale are not counted (as in the paper and timm).
 """
 
@@ -98,13 +99,15 @@ def profile_layers(model: nn.Module, input_size: tuple[int, int], in_chans: int 
             H, W = inputs[0].shape[-2:]
             n = H * W
             keys = m.num_keys(H, W)
-            # Reads Q (h*N*d), K (M*d), V (M*dv); writes the attention output (h*N*dv).
+            # Reads Q (h*N*d), K (M*d), V (M*dv) -- K and V once per head for multi-head attention (``kv_heads``
+            # = h, mnv4.nas.studies); writes the attention output (h*N*dv).
+            kv_heads = getattr(m, "kv_heads", 1)
             records.append(
                 LayerProfile(
                     f"{name}.matmuls", "attention", m.attention_macs(H, W), 0,
-                    m.num_heads * n * m.key_dim + keys * (m.key_dim + m.value_dim),
+                    m.num_heads * n * m.key_dim + kv_heads * keys * (m.key_dim + m.value_dim),
                     m.num_heads * n * m.value_dim,
-                    f"MQA {m.num_heads}h x d{m.key_dim}, {n} queries x {keys} keys",
+                    f"{'MQA' if kv_heads == 1 else 'MHSA'} {m.num_heads}h x d{m.key_dim}, {n} queries x {keys} keys",
                 )
             )
 
