@@ -122,11 +122,11 @@ def default_table_path() -> Path:
 
 def runtime_fingerprint(threads: int) -> str:
     """What a part's latency depends on besides the part: runtime and version, threads, precision, CPU."""
-    import onnxruntime
-
     from ..bench.environment import cpu_model, physical_cores
+    from ..export import require
     from .measure import ONNX_OPSET
 
+    onnxruntime = require("onnxruntime")  # a missing extra: one line naming the pip command
     return (f"onnxruntime {onnxruntime.__version__} CPU, fp32, batch 1, {threads} threads, no spinning, opset "
             f"{ONNX_OPSET} | {cpu_model()}, {physical_cores()} cores")
 
@@ -147,12 +147,12 @@ class LatencyTableCost:
     the network -- stem, each block (row, in/out channels, input size, activation, anti-aliasing), head -- summed.
 
     A part is measured once, the first time an architecture needs it (``measure_missing``; ``measure`` fills the
-    table for many architectures ahead of a search), and kept in ``path`` (JSON, one table per runtime fingerprint:
-    ORT version, threads, CPU). Each part runs deployed (BN and layer scale folded) as its own ORT session on a
-    random input of its shape; the parts of one architecture are timed interleaved (``rounds`` x
-    ``runs_per_round``, median). Every separate ``session.run`` pays a fixed call cost (feed, fetch, dispatch) that
-    a whole network pays once; with ``subtract_overhead`` that cost -- measured as an Identity graph on the part's
-    input, interleaved with it -- is taken off every part but the stem.
+    table for many architectures ahead of a search, which is faster), and kept in ``path`` (JSON, one table per
+    runtime fingerprint: ORT version, threads, CPU). Each part runs deployed (BN and layer scale folded) as its own
+    ORT session on a random input of its shape, sampled in ``rounds`` passes over all parts being measured
+    (``runs_per_round`` timed calls each, median). Every separate ``session.run`` pays a fixed call cost (feed,
+    fetch, dispatch) that a whole network pays once; with ``subtract_overhead`` that cost -- an Identity graph on
+    the part's input, timed right after it -- is taken off every part but the stem.
     """
 
     unit = "ms"
@@ -164,8 +164,8 @@ class LatencyTableCost:
         threads: int | None = None,
         in_chans: int = 3,
         num_classes: int = 1000,
-        rounds: int = 5,
-        runs_per_round: int = 5,
+        rounds: int = 3,
+        runs_per_round: int = 10,
         warmup: int = 3,
         measure_missing: bool = True,
         subtract_overhead: bool = True,
@@ -239,8 +239,8 @@ class LatencyTableCost:
 
     # ---------------------------------------------------------------- measuring
     def measure(self, specs: Sequence[ModelSpec], resolution: int) -> int:
-        """Measure every part of ``specs`` not yet in the table (saving after each architecture); returns how many
-        parts were measured."""
+        """Measure every part of ``specs`` not yet in the table and save the table; returns how many parts were
+        measured. All parts are exported first, then timed in ``rounds`` passes over all of them."""
         from tqdm.auto import tqdm
 
         todo = []
@@ -253,19 +253,23 @@ class LatencyTableCost:
                     missing.append((module, part))
             if missing:
                 todo.append((spec, missing))
-        measured = 0
-        for spec, missing in tqdm(todo, desc="latency table", unit="arch", disable=not self.progress):
-            self.entries.update(self._measure_parts(spec, resolution, missing))
-            self._save()
-            measured += len(missing)
-        return measured
+        if not todo:
+            return 0
+        with tempfile.TemporaryDirectory(prefix="mnv4-latency-") as tmp:
+            exported = []
+            for spec, missing in tqdm(todo, desc="latency table: export", unit="arch", disable=not self.progress):
+                exported += self._export_parts(spec, resolution, missing, Path(tmp))
+            self.entries.update(self._time_parts(exported, Path(tmp)))
+        self._save()
+        return len(exported)
 
-    def _measure_parts(self, spec: ModelSpec, resolution: int,
-                       missing: list[tuple[str, SpecPart]]) -> dict[str, dict[str, float]]:
+    def _export_parts(self, spec: ModelSpec, resolution: int, missing: list[tuple[str, SpecPart]],
+                      workdir: Path) -> list[tuple[str, Path, tuple[int, ...]]]:
+        """(key, ONNX file, input shape) of each missing part, cut from one deployed network of ``spec``."""
         from ..deploy import deploy
         from ..model import MobileNetV4
         from ..testing import make_nondegenerate
-        from .measure import null_runner, ort_runner, time_interleaved
+        from .measure import export_for_ort
 
         with torch.random.fork_rng():
             torch.manual_seed(0)
@@ -274,18 +278,34 @@ class LatencyTableCost:
             make_nondegenerate(model, input_size=(resolution, resolution), batch_size=2, passes=1,
                                in_chans=self.in_chans)
             deployed = deploy(model)
-            fns = {}
-            with tempfile.TemporaryDirectory(prefix="mnv4-latency-") as tmp:
-                for module_name, part in missing:
-                    example = torch.randn(1, part.in_ch, *part.size)
-                    module = self._part_module(deployed, module_name, part)
-                    fns[part.key(), "ms"] = ort_runner(module, example, Path(tmp), self.threads)
-                    fns[part.key(), "null_ms"] = null_runner(example, Path(tmp), self.threads)
-                per_round = time_interleaved(fns, self.rounds, self.runs_per_round, self.warmup)
-        out: dict[str, dict[str, float]] = {}
-        for (key, what), seconds in per_round.items():
-            out.setdefault(key, {})[what] = float(np.median(seconds)) * 1e3
+            out = []
+            for module_name, part in missing:
+                shape = (1, part.in_ch, *part.size)
+                path = export_for_ort(self._part_module(deployed, module_name, part), torch.randn(shape), workdir)
+                out.append((part.key(), path, shape))
         return out
+
+    def _time_parts(self, exported: list[tuple[str, Path, tuple[int, ...]]],
+                    workdir: Path) -> dict[str, dict[str, float]]:
+        """Median ms of each part and of the Identity graph on its input ('null_ms'), over ``rounds`` passes over
+        all parts; in a pass each part gets a fresh session, ``warmup`` calls and ``runs_per_round`` timed calls,
+        then the Identity graph the same. Spreading each part's samples over the whole measurement keeps a burst of
+        load on a shared machine from skewing the parts that happened to be timed during it."""
+        from tqdm.auto import tqdm
+
+        from .measure import null_runner, session_runner, time_interleaved
+
+        nulls: dict[tuple[int, ...], object] = {}  # Identity graphs are cheap to keep
+        samples: dict[str, dict[str, list[float]]] = {key: {"ms": [], "null_ms": []} for key, _, _ in exported}
+        for _ in tqdm(range(self.rounds), desc="latency table: timing", unit="pass", disable=not self.progress):
+            for key, path, shape in exported:
+                example = torch.randn(shape)
+                if shape not in nulls:
+                    nulls[shape] = null_runner(example, workdir, self.threads)
+                fns = {"ms": session_runner(path, example, self.threads), "null_ms": nulls[shape]}
+                for what, seconds in time_interleaved(fns, 1, self.runs_per_round, self.warmup).items():
+                    samples[key][what].append(seconds[0] * 1e3)
+        return {key: {what: float(np.median(v)) for what, v in s.items()} for key, s in samples.items()}
 
     @staticmethod
     def _part_module(deployed: nn.Module, module_name: str, part: SpecPart) -> nn.Module:

@@ -68,11 +68,10 @@ def export_module(module: nn.Module, example: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def ort_runner(module: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Callable[[], object]:
-    """One ORT (CPU provider, all graph optimisations, ``threads`` intra-op threads, no spinning) forward pass of
-    ``module`` on ``example``. A ``MobileNetV4`` goes through ``export_onnx`` (deployed, simplified); any other
-    module through ``export_module`` (fold it first if it should run folded)."""
-    from ..export.onnx import export_onnx, onnx_session
+def export_for_ort(module: nn.Module, example: torch.Tensor, workdir: Path) -> Path:
+    """An ONNX file of ``module`` at ``example``'s shape in ``workdir``: a ``MobileNetV4`` through ``export_onnx``
+    (deployed, simplified), any other module through ``export_module`` (fold it first if it should run folded)."""
+    from ..export.onnx import export_onnx
     from ..model import MobileNetV4
 
     path = _new_file(workdir)
@@ -80,27 +79,36 @@ def ort_runner(module: nn.Module, example: torch.Tensor, workdir: Path, threads:
         export_onnx(module, path, input_size=tuple(example.shape[-2:]), dynamic_batch=False)
     else:
         export_module(module, example, path)
+    return path
+
+
+def session_runner(path: Path, example: torch.Tensor, threads: int) -> Callable[[], object]:
+    """One ORT forward pass (CPU provider, all graph optimisations, ``threads`` intra-op threads, no spinning) of
+    the ONNX file ``path`` on ``example``."""
+    from ..export.onnx import onnx_session
+
     session = onnx_session(path, threads=threads, spin=False)
     feed = {session.get_inputs()[0].name: example.numpy()}
     return lambda: session.run(None, feed)
+
+
+def ort_runner(module: nn.Module, example: torch.Tensor, workdir: Path, threads: int) -> Callable[[], object]:
+    """``session_runner`` of ``export_for_ort(module, example, workdir)``."""
+    return session_runner(export_for_ort(module, example, workdir), example, threads)
 
 
 def null_runner(example: torch.Tensor, workdir: Path, threads: int) -> Callable[[], object]:
     """An ORT session of a single Identity op on ``example``'s shape: the fixed cost of one ``session.run`` (feed,
     fetch, dispatch) that every separately timed part pays and a whole network pays once."""
     from ..export import require
-    from ..export.onnx import onnx_session
 
     onnx = require("onnx")
     helper, shape = onnx.helper, list(example.shape)
     info = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, shape) for n in ("input", "output")]
     graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "null", info[:1], info[1:])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
     path = _new_file(workdir)
-    onnx.save(model, str(path))
-    session = onnx_session(path, threads=threads, spin=False)
-    feed = {"input": example.numpy()}
-    return lambda: session.run(None, feed)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)]), str(path))
+    return session_runner(path, example, threads)
 
 
 def _new_file(workdir: Path) -> Path:
