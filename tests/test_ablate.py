@@ -86,7 +86,7 @@ def test_mqa_study_models_are_base_plus_three_blocks(mqa_study):
         block_macs = sum(r.macs for r in profile_layers(one[label], (size, size), in_chans=512))
         assert params - base_params == 3 * count_params(one[label]), label
         assert macs - base_macs == 3 * block_macs, label
-        assert roofline["RP 0"] == macs
+        assert roofline["pixel6-cpu"] > macs  # memory time counts at a ridge point above 0
     # MQA vs MHSA by hand: K and V projections 512 -> 64 vs 512 -> 8 x 64, three blocks.
     assert count_params(mhsa) - count_params(mqa) == 3 * 2 * 512 * 64 * (8 - 1)
 
@@ -129,12 +129,13 @@ def test_deployed_mhsa_model_keeps_its_logits(mqa_study):
         assert relative_error(deploy(model)(x), model(x)) < 1e-4
 
 
+@pytest.mark.slow  # ~10 s idle: two ONNX exports
 def test_ablate_command_runs_small(tmp_path, capsys):
     out = tmp_path / "ablate.json"
     assert main(["ablate", "--study", "kv", "--quick", "--runtimes", "eager,onnxruntime", "--threads", "1",
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "paper Tab. 3" in text and "onnxruntime ms" in text and "efficiency gain" in text
+    assert "paper Tab. 3" in text and "onnxruntime ms" in text and "efficiency gain" in text and "+23.4%" in text
     data = json.loads(out.read_text())
     assert [r["label"] for r in data[0]["ours"]] == ["without", "with"]
     assert all(r["latency_ms"]["eager"] > 0 and r["latency_ms"]["onnxruntime"] > 0 for r in data[0]["ours"])

@@ -143,7 +143,8 @@ class Study:
     title: str
     resolution: int
     models: tuple[StudyModel, ...]
-    summary_label: str
+    summary_label: str  # short, for the row
+    summary_note: str  # what the summary row is
     summary: Callable[[dict[str, float]], float]
     paper_columns: tuple[str, ...]
     paper_rows: tuple[tuple[str, tuple[float, ...]], ...]
@@ -175,7 +176,8 @@ STUDIES: dict[str, Study] = {
         title="MQA vs MHSA (paper Tab. 2): a conv model, plus 3 MHSA blocks, plus 3 Mobile MQA blocks",
         resolution=384,
         models=(StudyModel("base", _MQA_BASE), StudyModel("+3 MHSA", _WITH_3, "mhsa"), StudyModel("+3 MQA", _WITH_3)),
-        summary_label="MQA vs MHSA, change in added cost",
+        summary_label="MQA vs MHSA",
+        summary_note="change in the cost added to the base: (+3 MQA - base) / (+3 MHSA - base) - 1; top-1 in points",
         summary=_added_cost_change,
         paper_columns=("top-1 %", "GMACs", "Mparams", "Pixel 7 EdgeTPU ms", "Pixel 8 EdgeTPU ms", "S23 GPU ms"),
         paper_rows=(("base", (84.88, 6.0, 30.9, 4.31, 2.35, 13.15)),
@@ -191,7 +193,8 @@ STUDIES: dict[str, Study] = {
         resolution=256,
         models=(StudyModel("without", _without_kv_downsampling(HYBRID_MEDIUM, "hybrid_medium_no_kv_downsampling")),
                 StudyModel("with", HYBRID_MEDIUM)),
-        summary_label="K/V downsampling, efficiency gain (without / with - 1)",
+        summary_label="gain",
+        summary_note="efficiency gain of K/V downsampling: without / with - 1; top-1 in points (with - without)",
         summary=_efficiency_gain,
         paper_columns=("top-1 %", "GMACs", "CPU ms", "GPU ms"),
         paper_rows=(("without", (80.77, 1.285, 15.8, 7.4)), ("with", (80.71, 1.245, 12.8, 5.9))),
@@ -200,8 +203,8 @@ STUDIES: dict[str, Study] = {
     ),
 }
 
-# The paper's ridge points (Tab. 16) plus RP 0 (= MAC count), for the roofline columns.
-RIDGE_POINTS: dict[str, float] = {"RP 0": 0.0} | {name: rp for name, (rp, _) in NAMED_PROFILES.items()}
+# The paper's ridge points (Tab. 16), for the roofline columns (RP 0 is the MAC count, a column of its own).
+RIDGE_POINTS: dict[str, float] = {name: rp for name, (rp, _) in NAMED_PROFILES.items()}
 
 
 @dataclass
@@ -267,30 +270,37 @@ class StudyResult:
 
     def format(self) -> str:
         s = self.study
-        lines = [s.title, f"  paper ({s.paper_note}):"]
-        width = max(len(s.summary_label), 10) + 2
-        lines.append(f"    {'model':{width}s}" + "".join(f"{c:>20s}" for c in s.paper_columns))
+        width = max(len(label) for label in [s.summary_label, *(r.label for r in self.rows)]) + 2
+        paper_cols = [max(len(c), 9) + 2 for c in s.paper_columns]
+        lines = [s.title, f"  paper ({s.paper_note}):",
+                 f"    {'model':{width}s}" + "".join(f"{c:>{w}s}" for c, w in zip(s.paper_columns, paper_cols,
+                                                                                    strict=True))]
         for label, values in s.paper_rows:
-            lines.append(f"    {label:{width}s}" + "".join(f"{v:>20g}" for v in values))
+            lines.append(f"    {label:{width}s}" + "".join(f"{v:>{w}g}" for v, w in zip(values, paper_cols,
+                                                                                         strict=True)))
         summary = s.paper_summary()
-        lines.append(f"    {s.summary_label:{width}s}{summary[0]:>+18.2f}pt"
-                     + "".join(f"{v:>+20.1%}" for v in summary[1:]))
-        lines.append(f"  ours ({s.our_note}; {self.resolution} px, this machine: CPU, {self.threads} threads, batch 1; "
-                     "roofline in G effective MACs, int8):")
+        lines.append(f"    {s.summary_label:{width}s}{f'{summary[0]:+.2f}pt':>{paper_cols[0]}s}"
+                     + "".join(f"{v:>+{w}.1%}" for v, w in zip(summary[1:], paper_cols[1:], strict=True)))
+        threads = f"{self.threads} thread{'s' if self.threads != 1 else ''}"
+        lines += [f"  ours ({s.our_note};", f"        {self.resolution} px, this machine: CPU, {threads}, batch 1; "
+                  "roofline columns in G effective MACs at the named ridge point, int8):"]
         cols = ["Mparams", "GMACs", *RIDGE_POINTS, *(f"{r} ms" for r in self.runtimes)]
-        lines.append(f"    {'model':{width}s}" + "".join(f"{c:>16s}" for c in cols))
+        ours_cols = [max(len(c), 9) + 2 for c in cols]
+        lines.append(f"    {'model':{width}s}" + "".join(f"{c:>{w}s}" for c, w in zip(cols, ours_cols, strict=True)))
         for row in self.rows:
             cells = [row.params / 1e6, row.macs / 1e9, *(row.roofline[k] / 1e9 for k in RIDGE_POINTS),
                      *(row.latency_ms(r) for r in self.runtimes)]
-            lines.append(f"    {row.label:{width}s}" + "".join(f"{c:>16.4g}" for c in cells))
-        fixed = [self._summary(lambda r: r.params), self._summary(lambda r: r.macs),
-                 *(self._summary(lambda r, k=k: r.roofline[k]) for k in RIDGE_POINTS)]
+            lines.append(f"    {row.label:{width}s}" + "".join(f"{c:>{w}.4g}" for c, w in zip(cells, ours_cols,
+                                                                                              strict=True)))
         latency = [self.latency_summary(r) for r in self.runtimes]
-        lines.append(f"    {s.summary_label:{width}s}" + "".join(f"{v:>+16.1%}" for v in fixed)
-                     + "".join(f"{v:>+16.1%}" for v, _, _ in latency))
+        values = [self._summary(lambda r: r.params), self._summary(lambda r: r.macs),
+                  *(self._summary(lambda r, k=k: r.roofline[k]) for k in RIDGE_POINTS), *(v for v, _, _ in latency)]
+        lines.append(f"    {s.summary_label:{width}s}" + "".join(f"{v:>+{w}.1%}" for v, w in zip(values, ours_cols,
+                                                                                                 strict=True)))
         spread = ", ".join(f"{r} {lo:+.1%} to {hi:+.1%}" for r, (_, lo, hi) in zip(self.runtimes, latency, strict=True))
-        lines.append(f"    (latency summary over {len(self.rows[0].latency_rounds[self.runtimes[0]])} interleaved "
-                     f"rounds: {spread})")
+        rounds = len(self.rows[0].latency_rounds[self.runtimes[0]])
+        lines += [f"  {s.summary_label}: {s.summary_note}",
+                  f"  latency {s.summary_label} round by round ({rounds} interleaved rounds): {spread}"]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
