@@ -311,7 +311,8 @@ def profile_spec(
     spec: ModelSpec, input_size: int | tuple[int, int], in_chans: int = 3, num_classes: int = 1000
 ) -> list[LayerProfile]:
     """``profile_layers(MobileNetV4(spec, num_classes, in_chans), input_size)`` from the table alone, record for
-    record, ~1000x faster (no network is built or run). ``input_size``: an int (square) or (H, W)."""
+    record, two to three orders of magnitude faster (no network is built or run; benchmarks/nas_cost.py).
+    ``input_size``: an int (square) or (H, W). The table is taken as it is (``specs.validate_spec`` checks one)."""
     records = []
     for prefix, part in spec_parts(spec, input_size, in_chans, num_classes):
         for record in part_profile(part)[0]:
