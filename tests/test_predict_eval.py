@@ -12,10 +12,12 @@ from safetensors.torch import save_file
 
 import mnv4
 from mnv4.cli import main
+from mnv4.errors import UserError
 from mnv4.evaluate import EvalConfig, evaluate, read_label_file
 from mnv4.predict import imagenet_classes, predict
 from mnv4.testing import make_nondegenerate
-from mnv4.transforms import data_config, eval_transform, load_image
+from mnv4.images import load_image
+from mnv4.transforms import data_config, eval_transform
 
 SMALL = "mobilenetv4_conv_small"
 REPO = Path(__file__).resolve().parents[1]
@@ -176,11 +178,11 @@ def test_eval_bad_layouts_give_one_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"labels.txt:2: expected 'filename label'"):
         read_label_file(bad)
     model = mnv4.create_model(SMALL, num_classes=10)
-    with pytest.raises(ValueError, match="no class sub-folders.*label file"):
+    with pytest.raises(UserError, match="flat folder of images without labels.*label file"):
         evaluate(model, tmp_path / "flat", run=EvalConfig(workers=0, progress=False))
     missing = tmp_path / "missing.txt"
     missing.write_text("a.png 1\nzzz.png 2\n")
-    with pytest.raises(FileNotFoundError, match="zzz.png"):
+    with pytest.raises(UserError, match="zzz.png"):
         evaluate(model, tmp_path / "flat", run=EvalConfig(workers=0, progress=False), label_file=missing)
     assert main(["eval", "--data", str(tmp_path / "nope"), "--weights", "x.safetensors"]) == 2
     assert "does not exist" in capsys.readouterr().err
