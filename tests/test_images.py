@@ -138,7 +138,8 @@ def test_imagefolder_scan_ignores_hidden_keeps_empty_classes_and_is_the_same_for
     assert images.labels == [0, 0, 2] and images.labelled
     assert "1 image(s) directly in" in images.ignored[0]
     samples, classes = scan_image_folder(root)  # training's view
-    assert classes == images.classes and samples == [(str(p), c) for p, c in zip(images.paths, images.labels)]
+    assert classes == images.classes
+    assert samples == [(str(p), c) for p, c in zip(images.paths, images.labels, strict=True)]
     exported = scan_folder(root)  # export's view
     assert (exported.paths, exported.labels, exported.classes) == (images.paths, images.labels, images.classes)
 

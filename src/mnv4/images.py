@@ -239,7 +239,8 @@ def class_indices(
     if len(folders) == num_classes:
         return list(range(num_classes))
     if len(folders) > num_classes:
-        raise UserError(f"{where} has {len(folders)} class folders but the model has {num_classes} outputs")
+        raise UserError(f"{where} has {len(folders)} class folders ({_few(folders)}) but the model has {num_classes} "
+                        "outputs")
     if num_classes == NUM_IMAGENET_CLASSES and synsets:
         others = [f for f in folders if f not in synset_index]
         raise UserError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -45,11 +46,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-pct", type=float, help="override the centre-crop fraction (resize to size / crop_pct)")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each message, not as it was when the handler was made (``main`` may run
+    many times in one process, under redirected streams)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the property always answers sys.stderr
+        pass
+
+
 def show_mnv4_log() -> None:
     """Print mnv4's own log messages (a classifier reset, skipped images) as ``mnv4: ...`` lines, nobody else's."""
     log = logging.getLogger("mnv4")
     if not log.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("mnv4: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
