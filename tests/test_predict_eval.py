@@ -279,12 +279,13 @@ def test_eval_skips_and_counts_undecodable_images_and_scores_the_rest(digits_mod
     from bad_images import write_bomb_png, write_corrupt_jpeg
 
     model, cfg = digits_model[0], data_config(digits_model[0], img_size=32)
-    data = shutil.copytree(small_val, tmp_path / "val")
+    three_a_class = lambda folder, names: sorted(names)[3:] if Path(folder) != small_val else []  # noqa: E731
+    data = shutil.copytree(small_val, tmp_path / "val", ignore=three_a_class)
     clean = evaluate(model, data, cfg, EvalConfig(batch_size=16, workers=0, progress=False))
     bad = [write_corrupt_jpeg(data / "0" / "corrupt.jpg"), write_bomb_png(data / "7" / "bomb.png")]
     for workers in (0, 2):
         result = evaluate(model, data, cfg, EvalConfig(batch_size=16, workers=workers, progress=False))
-        assert (result.images, result.top1) == (clean.images, clean.top1) == (60, clean.top1)
+        assert (result.images, result.top1) == (clean.images, clean.top1) == (30, clean.top1)
         assert [s.split(": ")[0] for s in result.skipped] == [str(p) for p in bad]
     with pytest.raises(UserError, match="corrupt.jpg: not a readable image"):
         evaluate(model, data, cfg, EvalConfig(batch_size=16, workers=2, progress=False, strict=True))
