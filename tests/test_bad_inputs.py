@@ -242,3 +242,34 @@ def test_a_real_process_prints_no_traceback(pictures, weights, tmp_path):
     assert "(6 images," in proc.stdout and str(pictures["good1"]) in proc.stdout
     for path in bad:
         assert sum(path in line for line in proc.stderr.splitlines()) == 2  # eval's skip line, predict's error line
+
+
+# ---------------------------------------------------------------------------------------------------- export's images
+def test_export_calibration_and_accuracy_images_skip_and_count_bad_files(pictures, tmp_path):
+    """Calibration and export --eval read images through mnv4.export.data: a bomb or a corrupt file among them is
+    skipped, logged and counted (the count returned to the caller), not a traceback; without a list to record it
+    in, load_batch raises its one-line DecodeError."""
+    from mnv4.export.data import Preprocess, load_batch
+    from mnv4.export.quantize import top1_accuracy, torch_runner
+    from mnv4.images import DecodeError
+
+    data = _imagefolder(tmp_path / "val", pictures, ("bomb", "corrupt"))
+    model = mnv4.create_model(SMALL, num_classes=2).eval()
+    preprocess = Preprocess.for_model(model, (32, 32))
+    paths = sorted(data.rglob("*.*"))
+    skipped: list = []
+    assert load_batch(paths, preprocess, skipped).shape == (6, 3, 32, 32)
+    assert sorted(Path(e.path).name for e in skipped) == ["bomb.png", "corrupt.jpg"]
+    with pytest.raises(DecodeError, match="bomb.png: too large to decode safely"):
+        load_batch(paths, preprocess)
+    skipped = []
+    accuracy, scored = top1_accuracy(torch_runner(model), data, preprocess, batch_size=4, skipped=skipped)
+    assert scored == 6 and len(skipped) == 2 and 0 <= accuracy <= 1
+
+    pytest.importorskip("onnxruntime", reason="int8 calibration needs the onnx extra")
+    from mnv4.export.onnx import export_onnx
+    from mnv4.export.quantize import quantize_onnx
+
+    fp32 = export_onnx(model, tmp_path / "m.onnx", input_size=(32, 32))
+    report = quantize_onnx(fp32, tmp_path / "m.int8.onnx", data, input_size=(32, 32), preprocess=preprocess)
+    assert (report.num_images, report.skipped) == (6, 2) and "2 unreadable skipped" in report.summary()
