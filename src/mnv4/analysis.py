@@ -1,4 +1,4 @@
-"""Counting: parameters, and per-layer MACs and tensor sizes (the input of the roofline model, spec §9).
+"""Counting: parameters, and per-layer MACs and tensor sizes (the input of the roofline model, paper §3 and App. F).
 
 What is counted as MACs (multiply-accumulates, one per multiply-add; 1 MAC = 2 FLOPs), and only this:
 - every ``nn.Conv2d``: output elements x (input channels / groups) x kernel height x kernel width;

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from . import require
-from .data import Preprocess, calibration_images, load_batch, scan_folder
+from .data import DecodeError, Preprocess, calibration_images, load_batch, load_images, scan_folder
 
 
 @dataclass(frozen=True)
@@ -34,24 +35,36 @@ class CalibrationReport:
     """What a quantized export was calibrated on."""
 
     path: str
-    num_images: int
+    num_images: int  # decoded and used
     folder: str
+    skipped: int = 0  # calibration images that could not be decoded (each logged)
 
     def summary(self) -> str:
         size = os.path.getsize(self.path) / 2**20
-        return f"int8 model {self.path} ({size:.2f} MiB), calibrated on {self.num_images} images from {self.folder}"
+        skipped = f" ({self.skipped} unreadable skipped)" if self.skipped else ""
+        return (f"int8 model {self.path} ({size:.2f} MiB), calibrated on {self.num_images} images from "
+                f"{self.folder}{skipped}")
 
 
-def _calibration_reader(paths: Sequence[Path], preprocess: Preprocess, input_name: str, batch: int = 8):
+def _calibration_batches(paths: Sequence[Path], preprocess: Preprocess, skipped: list[DecodeError], batch: int):
+    """Preprocessed batches of the decodable ``paths``; the others are logged and appended to ``skipped``."""
+    used = 0
+    for i in range(0, len(paths), batch):
+        x = load_batch(list(paths[i : i + batch]), preprocess, skipped)
+        used += len(x)
+        if len(x):
+            yield x
+    if not used:
+        raise UserError(f"none of the {len(paths)} calibration images could be decoded (first: {skipped[0]})")
+
+
+def _calibration_reader(batches, input_name: str):
     ort_quant = require("onnxruntime.quantization")
 
     class FolderReader(ort_quant.CalibrationDataReader):
-        def __init__(self) -> None:
-            self._chunks = iter([paths[i : i + batch] for i in range(0, len(paths), batch)])
-
         def get_next(self):
-            chunk = next(self._chunks, None)
-            return None if chunk is None else {input_name: load_batch(list(chunk), preprocess)}
+            x = next(batches, None)
+            return None if x is None else {input_name: x}
 
     return FolderReader()
 
@@ -77,6 +90,7 @@ def quantize_onnx(
     paths = calibration_images(calib_dir, num_images)
     preprocess = preprocess or Preprocess(tuple(input_size))
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    skipped: list[DecodeError] = []
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -87,7 +101,7 @@ def quantize_onnx(
         ort_quant.quantize_static(
             str(prepped),
             str(out_path),
-            _calibration_reader(paths, preprocess, input_name),
+            _calibration_reader(_calibration_batches(paths, preprocess, skipped, batch=8), input_name),
             quant_format=ort_quant.QuantFormat.QDQ,
             per_channel=True,
             activation_type=ort_quant.QuantType.QUInt8,
@@ -95,7 +109,7 @@ def quantize_onnx(
             calibrate_method=ort_quant.CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
-    return CalibrationReport(str(out_path), len(paths), str(calib_dir))
+    return CalibrationReport(str(out_path), len(paths) - len(skipped), str(calib_dir), len(skipped))
 
 
 def export_litert_int8(
@@ -125,11 +139,12 @@ def export_litert_int8(
         warnings.simplefilter("ignore")
         graph = torch.export.export(net, sample).module()
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
-        for path in paths:  # one image per call: the exported graph is specialised to batch 1
-            prepared(torch.from_numpy(load_batch([path], preprocess)))
+        skipped: list[DecodeError] = []
+        for x in _calibration_batches(paths, preprocess, skipped, batch=1):  # the graph is specialised to batch 1
+            prepared(torch.from_numpy(x))
         converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
     convert_quiet(converted, sample, out_path, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return CalibrationReport(str(out_path), len(paths), str(calib_dir))
+    return CalibrationReport(str(out_path), len(paths) - len(skipped), str(calib_dir), len(skipped))
 
 
 # ---------------------------------------------------------------------------------------------- accuracy
@@ -150,18 +165,32 @@ class AccuracyReport:
 
 
 def top1_accuracy(
-    run: Callable[[np.ndarray], np.ndarray], folder: str | Path, preprocess: Preprocess, batch_size: int = 1
+    run: Callable[[np.ndarray], np.ndarray], folder: str | Path, preprocess: Preprocess, batch_size: int = 1,
+    skipped: list[DecodeError] | None = None,
 ) -> tuple[float, int]:
-    """Top-1 of ``run`` (NCHW float32 batch -> logits) on a labelled ImageFolder root; (accuracy, images)."""
+    """Top-1 of ``run`` (NCHW float32 batch -> logits) on a labelled ImageFolder root; (accuracy, images scored).
+
+    Labels as ``mnv4 eval`` gives them (``ImageSet.targets`` for the model's number of outputs: ImageNet synset
+    folders get their ImageNet indices). Images that cannot be decoded are skipped, logged and appended to
+    ``skipped``; non-finite logits count as wrong."""
     images = scan_folder(folder)
-    if not images.labelled:
-        raise ValueError(f"{folder} has no class sub-folders: an accuracy check needs a labelled ImageFolder root")
-    correct = 0
+    if not images.classes:
+        raise UserError(f"{folder} has no class sub-folders: an accuracy check needs a labelled ImageFolder root")
+    skipped = [] if skipped is None else skipped
+    targets, correct, scored = None, 0, 0
     for i in range(0, len(images), batch_size):
-        x = load_batch(images.paths[i : i + batch_size], preprocess)
-        pred = np.asarray(run(x)).reshape(len(x), -1).argmax(axis=1)
-        correct += int((pred == np.asarray(images.labels[i : i + batch_size])).sum())
-    return correct / len(images), len(images)
+        loaded = load_images(images.paths[i : i + batch_size], preprocess)
+        skipped.extend(loaded.skipped)
+        if not loaded.kept:
+            continue
+        logits = np.asarray(run(loaded.array)).reshape(len(loaded.kept), -1)
+        targets = targets or images.targets(logits.shape[1])
+        hit = (logits.argmax(axis=1) == np.asarray([targets[i + j] for j in loaded.kept])) & np.isfinite(logits).all(1)
+        correct += int(hit.sum())
+        scored += len(loaded.kept)
+    if not scored:
+        raise UserError(f"none of the {len(images)} images in {folder} could be decoded")
+    return correct / scored, scored
 
 
 def torch_runner(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
