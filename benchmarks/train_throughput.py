@@ -106,7 +106,8 @@ def write_jpegs(folder: Path, count: int, size: tuple[int, int] = (500, 375)) ->
 
 
 def bench_pipelines(args, device: torch.device, folder: Path) -> list[dict]:
-    from mnv4.data import (
+    from mnv4.train import TrainConfig
+    from mnv4.train.data import (
         EncodedImageDataset,
         GpuAugment,
         ImageFolderDataset,
@@ -114,7 +115,6 @@ def bench_pipelines(args, device: torch.device, folder: Path) -> list[dict]:
         collate,
         train_transform,
     )
-    from mnv4.train import TrainConfig
     from mnv4.train.inputs import resolve_model_defaults
 
     # Inception crop + flip, no RandAugment (the pipeline's fixed cost); Conv-S's mean/std, as a run resolves them

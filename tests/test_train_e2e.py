@@ -186,7 +186,7 @@ def test_offline_distillation_reproduces_the_teachers_crops(digits, trained_conv
     on the re-created crops gives the stored logits), the student learns from them, and a run with other
     augmentation settings is refused. Not asserted: that the distilled student beats plain training for the same
     steps — in the short CPU runs we could afford it did not (see docs/train.md for the measured numbers)."""
-    from mnv4.data import ImageFolderDataset, collate, train_transform
+    from mnv4.train.data import ImageFolderDataset, collate, train_transform
     from mnv4.train.inputs import resolve_model_defaults
 
     student_kw = dict(epochs=2, seed=1, ema_decay=None, label_smoothing=0.0)

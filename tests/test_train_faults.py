@@ -178,7 +178,7 @@ def test_nan_stops_before_weights_bn_statistics_and_ema(tiny_digits, tmp_path, m
     checkpoint's; the EMA never averages a non-finite model."""
     from torch.optim.swa_utils import AveragedModel
 
-    from mnv4.data import ImageFolderDataset
+    from mnv4.train.data import ImageFolderDataset
 
     model = mnv4.create_model("mobilenetv4_conv_small", num_classes=10)
     if where == "input":

@@ -1,7 +1,7 @@
 """Knowledge distillation: the KD loss, teachers from names or files, and the paper's offline mode.
 
 Offline mode (paper §8): the teacher labels augmented crops ahead of time and the student trains on those
-stored labels. Here a crop is a pure function of ``(seed, aug_epoch, index)`` (see ``mnv4.data``), so the file
+stored labels. Here a crop is a pure function of ``(seed, aug_epoch, index)`` (see ``mnv4.train.data``), so the file
 stores only the teacher's logits per (replica, image) plus the seed and augmentation settings; during student
 training epoch ``e`` re-creates replica ``e % replicas`` bit-for-bit and looks its labels up. Not reproduced: the
 paper's JPEG re-encode of each crop before the teacher sees it.
@@ -117,7 +117,7 @@ def precompute_soft_labels(
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
-    from ..data import BadFileLog, ImageFolderDataset, collate, train_transform
+    from .data import BadFileLog, ImageFolderDataset, collate, train_transform
     from .inputs import resolve_model_defaults
 
     if replicas < 1:

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import BadFileLog, EncodedImageDataset, GpuAugment, ImageFolderDataset, collate, train_transform
 from ..errors import UserError
 from ..transforms import DataConfig, data_config, eval_transform
 from .config import TrainConfig
+from .data import BadFileLog, EncodedImageDataset, GpuAugment, ImageFolderDataset, collate, train_transform
 from .distributed import DistContext
 
 log = logging.getLogger("mnv4.train")

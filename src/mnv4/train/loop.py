@@ -3,7 +3,7 @@ steps of micro-batches, logs, checkpoints -> validate at each epoch end -> final
 
 Determinism: every random draw of micro-batch ``c`` at optimiser step ``s`` (dropout, stochastic depth, Mixup/CutMix)
 comes from torch's generator re-seeded with ``(seed, s, c)``, and every sample's augmentation from its own seed (see
-``mnv4.data``). So a run's result depends on the seed, the global batch and the chunk size only: resuming from a
+``mnv4.train.data``). So a run's result depends on the seed, the global batch and the chunk size only: resuming from a
 checkpoint, or splitting the same chunks over more processes instead of accumulation steps, gives the same numbers.
 """
 
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..data import STEP_STREAM, BatchMix, MicroBatchSampler, ShardSampler, mix_seed
 from ..errors import UserError
 from .checkpoint import (
     atomic_save,
@@ -29,6 +28,7 @@ from .checkpoint import (
     remove_stale_temp_files,
 )
 from .config import TrainConfig
+from .data import STEP_STREAM, BatchMix, MicroBatchSampler, ShardSampler, mix_seed
 from .distill import SoftLabels, kd_loss, load_teacher
 from .distributed import (
     DistContext,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import BadFileLog
+from .data import BadFileLog
 from .distributed import all_reduce_sum
 
 

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .errors import UserError
+from ..errors import UserError
 
-log = logging.getLogger("mnv4.data")
+log = logging.getLogger("mnv4.train.data")
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 JPEG_MAGIC = b"\xff\xd8"
