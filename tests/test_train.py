@@ -37,7 +37,7 @@ PAPER_MODELS = [
 def test_every_paper_model_has_a_recipe_with_tab10_values():
     names = list_recipes()
     assert set(PAPER_MODELS) <= set(names) and "finetune" in names
-    # spot checks against spec §7 / §2.6 (paper Tab. 10 and the TF configs)
+    # spot checks against paper App. C Tab. 10 and the TF configs (docs/design.md §6)
     expected = {
         "mobilenetv4_conv_small": dict(
             image_size=224,
@@ -162,6 +162,41 @@ def test_kd_loss():
     # d/ds of T^2 KL(softmax(t/T) || softmax(s/T)) = T * (softmax(s/T) - softmax(t/T)) / batch
     expected = 2.0 * (torch.softmax(student.detach() / 2, -1) - torch.softmax(logits / 2, -1)) / 4
     assert torch.allclose(student.grad, expected, atol=1e-6)
+
+
+def test_small_data_defaults_fit_the_run(all_digits, tmp_path, caplog):
+    """Without a recipe, on 1,438 images: a global batch of 32 (44 steps per epoch, not 5 of 256), a warm-up,
+    gradient clipping and a zero classifier, all printed before the first step; validation at the model's protocol.
+    A batch or recipe that does not fit the data says which flag does."""
+    import logging
+
+    from mnv4.train import RunPlan, build_model, fit_to_data
+    from mnv4.train.plan import fitted_global_batch
+
+    assert [fitted_global_batch(n) for n in (1_281_167, 10_000, 1438, 1200, 100, 5)] == [256, 256, 32, 32, 8, 4]
+    assert fitted_global_batch(1438, world_size=3) == 30
+    cfg = TrainConfig(model="mobilenetv4_conv_small", data=str(all_digits), out=str(tmp_path), image_size=32,
+                      max_steps=1, workers=0, threads=1, progress=False, tensorboard=False)  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="mnv4.train"):
+        train(cfg)
+    first_lines = caplog.text.split("epoch 0:")[0]
+    for expected in ("global batch 32 (44 steps per epoch", "warm-up 1 epochs", "grad clip 1", "crop_pct 0.875",
+                     "bicubic"):  # fmt: skip
+        assert expected in first_lines, expected
+    stored = load_checkpoint(list_checkpoints(tmp_path)[-1])
+    assert stored["config"]["global_batch"] == 32 and stored["config"]["grad_clip"] == 1.0
+    assert stored["config"]["warmup_epochs"] == 1.0 and stored["config"]["val_crop_pct"] == 0.875
+
+    head = build_model(cfg, num_classes=10).classifier
+    assert not head.weight.any() and not head.bias.any()  # logits start at 0: loss ln(10), not ~8
+
+    fitted, _ = fit_to_data(TrainConfig(epochs=5), 1438)
+    assert (fitted.global_batch, fitted.warmup_epochs) == (32, 0.5)
+    too_few = RunPlan.build(TrainConfig(epochs=5, global_batch=256, warmup_epochs=0), 1438, 1).too_short()
+    assert "only 25 optimiser steps" in too_few and "--global-batch 32" in too_few
+    assert RunPlan.build(fitted, 1438, 1).too_short() is None
+    with pytest.raises(UserError, match="exceeds the 1438 training images: pass --global-batch 32"):
+        RunPlan.build(fit_to_data(load_config("mobilenetv4_conv_small"), 1438)[0], 1438, 1)
 
 
 def test_short_run_writes_logs_checkpoints_and_weights(tiny_digits, tmp_path):

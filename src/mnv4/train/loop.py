@@ -351,12 +351,25 @@ def configure_torch(cfg: TrainConfig, device: torch.device) -> None:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """The model for ``cfg``: new classifier for ``num_classes``; pretrained backbone when ``cfg.pretrained``."""
+    """The model for ``cfg``: pretrained when ``cfg.pretrained`` (True = the tag's weights, or a file), with the
+    checkpoint's classifier if it has ``num_classes`` outputs, else a new one.
+
+    A new classifier starts at zero (as big_vision's ViT heads and BiT's fine-tuning heads do). The model's own
+    initialisation (timm's, U(+-1/sqrt(outputs))) is made for 1000 classes: for 10 it starts with logits of std ~6
+    and a loss ~8, and a short run spends its first epoch recovering from that."""
     from ..factory import create_model
 
-    kwargs = dict(num_classes=num_classes, drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path, attn_impl=cfg.attn_impl)
-    # pretrained: True = the tag's weights, or a file; a classifier of another size is replaced by a new one
-    return create_model(cfg.model, pretrained=cfg.pretrained or False, **kwargs)
+    kwargs = dict(drop_rate=cfg.dropout, drop_path_rate=cfg.drop_path, attn_impl=cfg.attn_impl)
+    if cfg.pretrained:
+        model = create_model(cfg.model, pretrained=cfg.pretrained, **kwargs)
+        if model.num_classes == num_classes:
+            return model
+        model.reset_classifier(num_classes)
+    else:
+        model = create_model(cfg.model, num_classes=num_classes, **kwargs)
+    nn.init.zeros_(model.classifier.weight)
+    nn.init.zeros_(model.classifier.bias)
+    return model
 
 
 def apply_recipe_to_model(model: nn.Module, cfg: TrainConfig) -> None:
