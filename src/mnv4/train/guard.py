@@ -13,7 +13,8 @@ Two modes, because reading a device value on the host waits for the GPU:
   at the end of the step the BN buffers are restored *on the device* where the flag is set (``torch.where``), and
   the fused AdamW skips its update through its ``found_inf`` input (the mechanism ``GradScaler`` uses). The flag is
   read when the loop reads its logs anyway (every ``log_every`` steps and before every checkpoint) and the run stops
-  then, with the state of the last good step.
+  then, with the weights, BN statistics and optimiser state of the last good step (the EMA only keeps averaging
+  those).
 
 ``benchmarks/train_guard.py`` measures the cost per step.
 """
