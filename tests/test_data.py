@@ -133,9 +133,9 @@ def test_validation_is_the_eval_protocol_in_both_pipelines(messy_folder, tmp_pat
     import shutil
 
     import mnv4
+    from mnv4 import data_config, eval_transform, load_image  # the loader and protocol of mnv4 eval
     from mnv4.train.distributed import DistContext
     from mnv4.train.inputs import TrainInputs, resolve_model_defaults
-    from mnv4.transforms import data_config, eval_transform, load_image
 
     for split in ("train", "val"):
         for name in ("a/rgb.jpg", "a/grey.png", "b/z_last.png", "b/corrupt.jpg"):

@@ -2,7 +2,8 @@
 
 - SIGKILL at a random step + ``--resume auto`` gives bit-identical weights to an uninterrupted run;
 - ``torchrun`` with 2 gloo processes gives the same weights as 1 process with the same global batch;
-- ``mobilenetv4_conv_small`` reaches >= 95% validation accuracy (slow);
+- ``mobilenetv4_conv_small`` with the defaults (no recipe: batch and warm-up fitted to the data) reaches >= 88%
+  validation accuracy in 8 epochs (slow);
 - offline distillation: a trained teacher labels seeded crops, a student re-creates and learns from them (slow).
 """
 
@@ -136,8 +137,8 @@ def test_torchrun_two_processes_match_one(small_digits, tmp_path):
 
 
 def digits_config(data: Path, out: Path, **kw) -> TrainConfig:
-    """Settings that make conv_small learn the 32 px digits quickly and reliably on a CPU (8 epochs of 44 steps;
-    measured while developing: 96.9% top-1 at the end, >= 96.4% from epoch 5 on)."""
+    """Settings tuned for the 32 px digits (8 epochs of 44 steps: 96.9% top-1 at the end, >= 96.4% from epoch 5
+    on): gentle crops, no flips (digits are not mirror-symmetric), an EMA; the distillation student's."""
     values = dict(
         model="mobilenetv4_conv_small",
         data=str(data),
@@ -152,7 +153,7 @@ def digits_config(data: Path, out: Path, **kw) -> TrainConfig:
         val_crop_pct=1.0,
         crop_scale_min=0.85,
         hflip=False,
-        grad_clip=1.0,  # tames the first epoch: timm-style init starts with logits of std ~6 (loss ~6)
+        grad_clip=1.0,
         ema_decay=0.99,
         ema_start_epochs=4,  # as TF's Conv-S EMA starts after warm-up: early BN statistics would poison it
         workers=0,
@@ -167,14 +168,22 @@ def digits_config(data: Path, out: Path, **kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained_conv_small(digits, tmp_path_factory):
+    """A newcomer's run: no recipe, nothing tuned - only the data, the size and the number of epochs."""
     out = tmp_path_factory.mktemp("conv_small_digits")
-    return train(digits_config(digits, out))
+    cfg = TrainConfig(model="mobilenetv4_conv_small", data=str(digits), out=str(out), image_size=32, epochs=8,
+                      workers=0, threads=1, progress=False, tensorboard=False)  # fmt: skip
+    return train(cfg)
 
 
 @pytest.mark.slow
-def test_conv_small_learns_real_digits(trained_conv_small):
-    final = trained_conv_small.final
-    assert max(final["val_top1"], final["ema_top1"]) >= 95.0, final
+def test_conv_small_learns_real_digits_with_the_defaults(trained_conv_small):
+    """The small-data defaults (batch 32 fitted to the 1,438 images, warm-up, clipping, a zero classifier, gentle
+    crops) learn: measured 38, 57, 68, 81, 86, 90, 93, 92% top-1 per epoch (2.2 CPU minutes). The previous defaults
+    made 5 steps of 256 per epoch and stayed near chance (10%)."""
+    from mnv4.train import list_checkpoints, load_checkpoint
+
+    assert load_checkpoint(list_checkpoints(trained_conv_small.out)[-1])["config"]["global_batch"] == 32
+    assert trained_conv_small.final["val_top1"] >= 88.0, trained_conv_small.final
 
 
 @pytest.mark.slow
@@ -200,7 +209,7 @@ def test_offline_distillation_reproduces_the_teachers_crops(digits, trained_conv
     resolved = resolve_model_defaults(cfg, cfg.model)  # the student's mean/std, as its run resolves them
     dataset = ImageFolderDataset(digits / "train", train_transform(32, resolved), seed=cfg.seed)
     targets = torch.tensor([label for _, label in dataset.samples])
-    assert (stored.argmax(-1) == targets).float().mean() > 0.9  # a trained teacher, aligned with the images
+    assert (stored.argmax(-1) == targets).float().mean() > 0.8  # a trained teacher, aligned with the images
     keys = [(1, i) for i in range(0, len(dataset), 97)]  # replica 1 = the crops of epochs 1, 3, 5, ...
     images = collate([dataset[k] for k in keys])[0]
     with torch.no_grad():

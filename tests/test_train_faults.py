@@ -45,7 +45,7 @@ def test_corrupt_validation_image_is_skipped_counted_and_not_scored(tiny_digits,
     row = read_csv(tmp_path / "run" / "epochs.csv")[-1]
     assert row["val_skipped"] == "1" and result.final["val_skipped"] == 1
 
-    from mnv4.transforms import data_config, eval_transform, load_image
+    from mnv4 import data_config, eval_transform, load_image  # the loader and protocol of mnv4 eval
 
     model = mnv4.create_model("mobilenetv4_conv_small", num_classes=10, pretrained=str(result.weights)).eval()
     transform = eval_transform(data_config(model, img_size=32))
