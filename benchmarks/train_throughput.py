@@ -106,7 +106,8 @@ def write_jpegs(folder: Path, count: int, size: tuple[int, int] = (500, 375)) ->
 
 
 def bench_pipelines(args, device: torch.device, folder: Path) -> list[dict]:
-    from mnv4.data import (
+    from mnv4.train import TrainConfig
+    from mnv4.train.data import (
         EncodedImageDataset,
         GpuAugment,
         ImageFolderDataset,
@@ -114,9 +115,10 @@ def bench_pipelines(args, device: torch.device, folder: Path) -> list[dict]:
         collate,
         train_transform,
     )
-    from mnv4.train import TrainConfig
+    from mnv4.train.inputs import resolve_model_defaults
 
-    cfg = TrainConfig()  # Inception crop + flip, no RandAugment: the pipeline's fixed cost
+    # Inception crop + flip, no RandAugment (the pipeline's fixed cost); Conv-S's mean/std, as a run resolves them
+    cfg = resolve_model_defaults(TrainConfig(image_size=args.pipeline_size), "mobilenetv4_conv_small")
     size, batch = args.pipeline_size, args.pipeline_batch
     rows = []
 
@@ -148,11 +150,11 @@ def bench_pipelines(args, device: torch.device, folder: Path) -> list[dict]:
         ImageFolderDataset(folder, train_transform(size, cfg)), None, device)  # fmt: skip
     if device.type == "cuda":
         run("GPU: bytes in workers, batched nvJPEG decode + crop/flip/normalise on GPU",
-            EncodedImageDataset(folder), GpuAugment(size, cfg, device, train=True), device)  # fmt: skip
+            EncodedImageDataset(folder), GpuAugment(size, cfg, device), device)  # fmt: skip
     else:
         cpu = torch.device("cpu")
         run("GPU-path code run on the CPU (decode_jpeg on CPU; NOT a GPU number)",
-            EncodedImageDataset(folder), GpuAugment(size, cfg, cpu, train=True), cpu)  # fmt: skip
+            EncodedImageDataset(folder), GpuAugment(size, cfg, cpu), cpu)  # fmt: skip
     return rows
 
 

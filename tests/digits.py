@@ -34,3 +34,43 @@ def write_digits_imagefolder(root: str | Path, size: int = 32, val_fraction: flo
                 img.save(folder / f"{i:04d}.png")
     (root / "done").touch()
     return root
+
+
+def copy_subset(full: str | Path, root: str | Path, per_class: dict[str, int]) -> Path:
+    """The first ``per_class[split]`` images of each class of ``full`` copied to ``root`` (same layout)."""
+    import shutil
+
+    full, root = Path(full), Path(root)
+    for split, count in per_class.items():
+        for label_dir in sorted((full / split).iterdir()):
+            (root / split / label_dir.name).mkdir(parents=True, exist_ok=True)
+            for src in sorted(label_dir.glob("*.png"))[:count]:
+                shutil.copy(src, root / split / label_dir.name / src.name)
+    return root
+
+
+def small_config(data, out, **kw):
+    """The short runs of the training tests: Conv-S at 32 px, 2 epochs of 5 steps of 20 on ``copy_subset``'s 100
+    training digits, one thread, deterministic kernels (so two runs give the same bits)."""
+    from mnv4.train import TrainConfig
+
+    values = dict(
+        model="mobilenetv4_conv_small",
+        data=str(data),
+        out=str(out),
+        image_size=32,
+        epochs=2,
+        global_batch=20,
+        lr=2e-3,
+        warmup_epochs=1,
+        val_crop_pct=1.0,
+        crop_scale_min=0.7,
+        workers=0,
+        threads=1,
+        progress=False,
+        tensorboard=False,
+        log_every=2,
+        deterministic=True,
+    )
+    values.update(kw)
+    return TrainConfig(**values)

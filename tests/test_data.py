@@ -1,5 +1,5 @@
-"""Input pipelines: robust decoding, per-sample reproducible augmentation, rank/accumulation sharding, mixing, and
-the GPU pipeline's code run on the CPU."""
+"""Input pipelines: robust decoding, per-sample reproducible augmentation, rank/accumulation sharding, mixing, the
+GPU pipeline's code run on the CPU, and validation through the model's evaluation protocol."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnv4.data import (
+from mnv4.train.config import TrainConfig
+from mnv4.train.data import (
     CROP_PARAMS,
     BadFileLog,
     BatchMix,
@@ -19,17 +20,20 @@ from mnv4.data import (
     ImageFolderDataset,
     MicroBatchSampler,
     ShardSampler,
-    center_crop_box,
     collate,
     load_rgb,
     random_resized_crop_box,
     to_rgb,
     train_transform,
-    val_transform,
 )
-from mnv4.train.config import TrainConfig
+from mnv4.weights import IMAGENET_MEAN, IMAGENET_STD
 
 BAD_FILES = ("corrupt.jpg", "truncated.jpg", "empty.png")
+
+
+def aug_config(**kw) -> TrainConfig:
+    """A config as a run resolves it (a run fills mean/std from the model's data config)."""
+    return TrainConfig(mean=IMAGENET_MEAN, std=IMAGENET_STD, **kw)
 
 
 def _digit_like(seed: int, size: int = 40) -> np.ndarray:
@@ -81,11 +85,11 @@ def test_awkward_images_decode_to_rgb(messy_folder):
 
 
 def test_bad_files_are_skipped_and_logged_once(messy_folder, caplog):
-    cfg = TrainConfig(crop_scale_min=0.5)
+    cfg = aug_config(crop_scale_min=0.5)
     dataset = ImageFolderDataset(messy_folder, train_transform(32, cfg), seed=0)
     assert len(dataset) == 10
     bad_log = BadFileLog()
-    with caplog.at_level(logging.WARNING, logger="mnv4.data"):
+    with caplog.at_level(logging.WARNING, logger="mnv4.train.data"):
         for epoch, workers in ((0, 0), (1, 2)):  # the second epoch through worker processes
             sampler = MicroBatchSampler(len(dataset), 5, 1, 0, 1, seed=0, epoch=epoch)
             loader = torch.utils.data.DataLoader(
@@ -98,14 +102,14 @@ def test_bad_files_are_skipped_and_logged_once(messy_folder, caplog):
                 assert all(not dataset.samples[i][0].endswith(BAD_FILES) for i in indices.tolist())
                 seen += len(labels)
             assert seen == 10
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.data"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.train.data"]
     assert len(lines) == len(BAD_FILES), lines
     for name in BAD_FILES:
         assert sum(name in line for line in lines) == 1
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_index(messy_folder):
-    cfg = TrainConfig(randaug_layers=2, randaug_magnitude=9, randaug_prob=0.5)
+    cfg = aug_config(randaug_layers=2, randaug_magnitude=9, randaug_prob=0.5)
     dataset = ImageFolderDataset(messy_folder, train_transform(32, cfg), seed=7)
     torch.manual_seed(123)
     first = dataset[(3, 0)][0]
@@ -122,11 +126,40 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(messy_folder):
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_val_transform_is_the_imagenet_protocol(messy_folder):
-    cfg = TrainConfig(crop_pct=0.875)
-    out = val_transform(224, cfg)(load_rgb(messy_folder / "a/rgb.jpg"))
-    assert out.shape == (3, 224, 224)
-    assert abs(out.mean().item()) < 3
+def test_validation_is_the_eval_protocol_in_both_pipelines(messy_folder, tmp_path):
+    """Training validation scores the tensors ``mnv4 eval`` scores: ``eval_transform(data_config(model, img_size))``
+    (Conv-S: bicubic, crop 0.875, ImageNet mean/std), in the CPU and in the GPU pipeline; the recipe can override the
+    crop and interpolation; an undecodable validation file is skipped, not replaced by its neighbour."""
+    import shutil
+
+    import mnv4
+    from mnv4 import data_config, eval_transform, load_image  # the loader and protocol of mnv4 eval
+    from mnv4.train.distributed import DistContext
+    from mnv4.train.inputs import TrainInputs, resolve_model_defaults
+
+    for split in ("train", "val"):
+        for name in ("a/rgb.jpg", "a/grey.png", "b/z_last.png", "b/corrupt.jpg"):
+            (tmp_path / split / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(messy_folder / name, tmp_path / split / name)
+    model = mnv4.create_model("mobilenetv4_conv_small", num_classes=2)
+    for overrides, expected in (
+        ({}, data_config(model, img_size=48)),
+        (dict(val_crop_pct=1.0, val_interpolation="bilinear"), data_config(model, img_size=48, crop_pct=1.0,
+                                                                            interpolation="bilinear")),
+    ):  # fmt: skip
+        for pipeline in ("cpu", "gpu"):
+            cfg = resolve_model_defaults(TrainConfig(data=str(tmp_path), image_size=48, data_pipeline=pipeline,
+                                                     **overrides), model)  # fmt: skip
+            assert (cfg.mean, cfg.std, cfg.val_crop_pct) == (expected.mean, expected.std, expected.crop_pct)
+            val = TrainInputs.build(cfg, DistContext()).val
+            transform = eval_transform(expected)
+            for i, (path, _) in enumerate(val.samples):
+                image = val[i][0]
+                if path.endswith("corrupt.jpg"):
+                    assert image is None and val[i][4][0][0] == path  # skipped and reported
+                else:
+                    assert torch.equal(image, transform(load_image(path))), (overrides, pipeline, path)
+    assert expected.interpolation == "bilinear" and data_config(model).interpolation == "bicubic"
 
 
 def test_micro_batches_depend_only_on_chunks():
@@ -171,21 +204,20 @@ def test_crop_boxes():
             assert 0 <= top and top + h <= height and 0 <= left and left + w <= width and h > 0 and w > 0
     # scale (1, 1) and ratio 1 of a square: the whole image
     assert random_resized_crop_box(params, 64, 64, (1.0, 1.0), (1.0, 1.0)) == (0, 0, 64, 64)
-    assert center_crop_box(100, 200, 0.875) == (6, 56, 88, 88)
 
 
 def test_gpu_pipeline_code_on_cpu(messy_folder, caplog):
     """The GPU path (bytes in workers, batched decode_jpeg, crops/flip/normalise on the device) run with
     device='cpu': shapes, determinism, fallbacks for CMYK / PNG / corrupt JPEGs, one log line per bad file."""
-    cfg = TrainConfig(crop_scale_min=0.3, randaug_layers=1)
+    cfg = aug_config(crop_scale_min=0.3, randaug_layers=1)
     dataset = EncodedImageDataset(messy_folder, seed=0)
     keys = [(0, i) for i in range(len(dataset))]
     batch = collate([dataset[k] for k in keys])
     samples, labels = batch[0], batch[1]
     bad_log = BadFileLog()
     bad_log(batch[4])  # the empty file fails in the worker already
-    augment = GpuAugment(32, cfg, "cpu", train=True, bad_log=bad_log)
-    with caplog.at_level(logging.WARNING, logger="mnv4.data"):
+    augment = GpuAugment(32, cfg, "cpu", bad_log=bad_log)
+    with caplog.at_level(logging.WARNING, logger="mnv4.train.data"):
         torch.manual_seed(0)
         images, out_labels = augment(samples, labels)
         torch.manual_seed(0)
@@ -193,13 +225,7 @@ def test_gpu_pipeline_code_on_cpu(messy_folder, caplog):
     assert images.shape == (len(dataset), 3, 32, 32) and torch.isfinite(images).all()
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(images, again)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.data"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.train.data"]
     assert sum("corrupt.jpg" in x for x in lines) == 1 and sum("truncated.jpg" in x for x in lines) <= 1
-    val = GpuAugment(32, cfg, "cpu", train=False, bad_log=bad_log)(samples, labels)[0]
-    assert val.shape == (len(dataset), 3, 32, 32)
-    # validation crops agree with the CPU pipeline (box rounding and bilinear-vs-PIL resampling differ slightly)
-    cpu_val = ImageFolderDataset(messy_folder, val_transform(32, TrainConfig()))
-    ok = [i for i, s in enumerate(samples) if s.path.endswith(("rgb.jpg", "grey.png"))]
-    for i in ok:
-        assert (val[i] - cpu_val[i][0]).abs().mean() < 0.25  # ~0.06 in [0, 1] units: crop edges differ by <1 px
+    assert bad_log.count >= 2  # the empty file and the corrupt JPEG were met (and counted)
     assert out_labels.shape == labels.shape

@@ -2,7 +2,8 @@
 
 - SIGKILL at a random step + ``--resume auto`` gives bit-identical weights to an uninterrupted run;
 - ``torchrun`` with 2 gloo processes gives the same weights as 1 process with the same global batch;
-- ``mobilenetv4_conv_small`` reaches >= 95% validation accuracy (slow);
+- ``mobilenetv4_conv_small`` with the defaults (no recipe: batch and warm-up fitted to the data) reaches >= 88%
+  validation accuracy in 8 epochs (slow);
 - offline distillation: a trained teacher labels seeded crops, a student re-creates and learns from them (slow).
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -38,13 +38,9 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def small_digits(digits, tmp_path_factory):
     """12 training / 5 validation images per class."""
-    root = tmp_path_factory.mktemp("digits_small")
-    for split, per_class in (("train", 12), ("val", 5)):
-        for label in range(10):
-            (root / split / str(label)).mkdir(parents=True)
-            for src in sorted((digits / split / str(label)).glob("*.png"))[:per_class]:
-                shutil.copy(src, root / split / str(label) / src.name)
-    return root
+    from digits import copy_subset
+
+    return copy_subset(digits, tmp_path_factory.mktemp("digits_small"), {"train": 12, "val": 5})
 
 
 def cli_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -54,7 +50,7 @@ def cli_args(data: Path, out: Path, *extra: str) -> list[str]:
         "--epochs", "3", "--global-batch", "20", "--lr", "2e-3", "--warmup-epochs", "1", "--workers", "0",
         "--threads", "1", "--deterministic", "--no-progress", "--no-tensorboard", "--dropout", "0.2",
         "--drop-path", "0.1", "--mixup-prob", "0.5", "--randaug-layers", "1", "--ema-decay", "0.9",
-        "--set", "crop_pct=1.0", "--set", "crop_scale_min=0.5", "--log-every", "1", *extra,
+        "--set", "val_crop_pct=1.0", "--set", "crop_scale_min=0.5", "--log-every", "1", *extra,
     ]  # fmt: skip
 
 
@@ -141,8 +137,8 @@ def test_torchrun_two_processes_match_one(small_digits, tmp_path):
 
 
 def digits_config(data: Path, out: Path, **kw) -> TrainConfig:
-    """Settings that make conv_small learn the 32 px digits quickly and reliably on a CPU (8 epochs of 44 steps;
-    measured while developing: 96.9% top-1 at the end, >= 96.4% from epoch 5 on)."""
+    """Settings tuned for the 32 px digits (8 epochs of 44 steps: 96.9% top-1 at the end, >= 96.4% from epoch 5
+    on): gentle crops, no flips (digits are not mirror-symmetric), an EMA; the distillation student's."""
     values = dict(
         model="mobilenetv4_conv_small",
         data=str(data),
@@ -154,10 +150,10 @@ def digits_config(data: Path, out: Path, **kw) -> TrainConfig:
         warmup_epochs=1,
         weight_decay=0.05,
         label_smoothing=0.1,
-        crop_pct=1.0,
+        val_crop_pct=1.0,
         crop_scale_min=0.85,
         hflip=False,
-        grad_clip=1.0,  # tames the first epoch: timm-style init starts with logits of std ~6 (loss ~6)
+        grad_clip=1.0,
         ema_decay=0.99,
         ema_start_epochs=4,  # as TF's Conv-S EMA starts after warm-up: early BN statistics would poison it
         workers=0,
@@ -172,14 +168,22 @@ def digits_config(data: Path, out: Path, **kw) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained_conv_small(digits, tmp_path_factory):
+    """A newcomer's run: no recipe, nothing tuned - only the data, the size and the number of epochs."""
     out = tmp_path_factory.mktemp("conv_small_digits")
-    return train(digits_config(digits, out))
+    cfg = TrainConfig(model="mobilenetv4_conv_small", data=str(digits), out=str(out), image_size=32, epochs=8,
+                      workers=0, threads=1, progress=False, tensorboard=False)  # fmt: skip
+    return train(cfg)
 
 
 @pytest.mark.slow
-def test_conv_small_learns_real_digits(trained_conv_small):
-    final = trained_conv_small.final
-    assert max(final["val_top1"], final["ema_top1"]) >= 95.0, final
+def test_conv_small_learns_real_digits_with_the_defaults(trained_conv_small):
+    """The small-data defaults (batch 32 fitted to the 1,438 images, warm-up, clipping, a zero classifier, gentle
+    crops) learn: measured 38, 57, 68, 81, 86, 90, 93, 92% top-1 per epoch (2.2 CPU minutes). The previous defaults
+    made 5 steps of 256 per epoch and stayed near chance (10%)."""
+    from mnv4.train import list_checkpoints, load_checkpoint
+
+    assert load_checkpoint(list_checkpoints(trained_conv_small.out)[-1])["config"]["global_batch"] == 32
+    assert trained_conv_small.final["val_top1"] >= 88.0, trained_conv_small.final
 
 
 @pytest.mark.slow
@@ -191,7 +195,8 @@ def test_offline_distillation_reproduces_the_teachers_crops(digits, trained_conv
     on the re-created crops gives the stored logits), the student learns from them, and a run with other
     augmentation settings is refused. Not asserted: that the distilled student beats plain training for the same
     steps — in the short CPU runs we could afford it did not (see docs/train.md for the measured numbers)."""
-    from mnv4.data import ImageFolderDataset, collate, train_transform
+    from mnv4.train.data import ImageFolderDataset, collate, train_transform
+    from mnv4.train.inputs import resolve_model_defaults
 
     student_kw = dict(epochs=2, seed=1, ema_decay=None, label_smoothing=0.0)
     cfg = digits_config(digits, tmp_path / "kd", **student_kw)
@@ -201,9 +206,10 @@ def test_offline_distillation_reproduces_the_teachers_crops(digits, trained_conv
     from safetensors.torch import load_file
 
     stored = load_file(str(labels))["logits"].float()
-    dataset = ImageFolderDataset(digits / "train", train_transform(32, cfg), seed=cfg.seed)
+    resolved = resolve_model_defaults(cfg, cfg.model)  # the student's mean/std, as its run resolves them
+    dataset = ImageFolderDataset(digits / "train", train_transform(32, resolved), seed=cfg.seed)
     targets = torch.tensor([label for _, label in dataset.samples])
-    assert (stored.argmax(-1) == targets).float().mean() > 0.9  # a trained teacher, aligned with the images
+    assert (stored.argmax(-1) == targets).float().mean() > 0.8  # a trained teacher, aligned with the images
     keys = [(1, i) for i in range(0, len(dataset), 97)]  # replica 1 = the crops of epochs 1, 3, 5, ...
     images = collate([dataset[k] for k in keys])[0]
     with torch.no_grad():

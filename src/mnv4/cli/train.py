@@ -11,11 +11,17 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--data", "data", str, "ImageFolder root holding train/<class>/* and val/<class>/*"),
     ("--out", "out", str, "output folder: checkpoints, CSV/TensorBoard logs, model.safetensors"),
     ("--epochs", "epochs", float, "training epochs (the cosine schedule follows)"),
-    ("--global-batch", "global_batch", int, "optimiser batch over all processes (the recipe's)"),
+    (
+        "--global-batch",
+        "global_batch",
+        int,
+        "optimiser batch of all processes (default: recipe's, or fitted to the data)",
+    ),
     ("--batch-size", "batch_size", int, "images per process per forward; the rest is gradient accumulation"),
     ("--max-steps", "max_steps", int, "stop after this many optimiser steps"),
     ("--lr", "lr", float, "peak learning rate"),
-    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up epochs"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up epochs (default: the recipe's, or min(1, epochs/10))"),
+    ("--grad-clip", "grad_clip", float, "clip the global gradient norm to this (default 1.0; 0 = off, as the paper)"),
     ("--weight-decay", "weight_decay", float, "AdamW decoupled weight decay (not on BN/bias/layer scale)"),
     ("--label-smoothing", "label_smoothing", float, "label smoothing"),
     ("--dropout", "dropout", float, "dropout before the classifier"),
@@ -36,7 +42,7 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--workers", "workers", int, "data-loader worker processes per rank"),
     ("--seed", "seed", int, "seed of data order, augmentation, dropout and init"),
     ("--threads", "threads", int, "torch CPU threads"),
-    ("--resume", "resume", str, "checkpoint file, or 'auto' for the newest ckpt-*.pt in --out"),
+    ("--resume", "resume", str, "a checkpoint file, or 'auto': the newest ckpt-*.pt in --out, a new run if none"),
     ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps as well as every epoch"),
     ("--keep-last", "keep_last", int, "step checkpoints kept (best.pt is kept apart)"),
     ("--log-every", "log_every", int, "steps between log rows"),
@@ -86,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from ..errors import UserError
     from ..train.config import FIELDS, load_config, tomllib
 
     overrides = {dest: getattr(args, dest) for _, dest, _, _ in OVERRIDES}
@@ -95,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or key not in FIELDS:
-            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field")
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field")
         try:
             overrides[key] = tomllib.loads(f"v = {value}")["v"]
         except tomllib.TOMLDecodeError:
@@ -106,6 +113,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from ..errors import UserError
     from ..train import list_recipes, load_teacher, precompute_soft_labels, train
 
     if args.list_recipes:
@@ -114,24 +122,19 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = config_from_args(args)
     if not cfg.data:
-        raise ValueError("--data DIR is required (an ImageFolder root with train/ and val/)")
+        raise UserError("--data DIR is required (an ImageFolder root with train/ and val/)")
     if args.precompute_soft_labels:
         from pathlib import Path
 
-        from ..data import scan_image_folder
+        from ..train.inputs import train_classes
 
         if not cfg.teacher:
-            raise ValueError("--precompute-soft-labels needs --teacher NAME_or_FILE")
-        train_dir = Path(cfg.data) / "train"
-        classes = scan_image_folder(train_dir)[1]
+            raise UserError("--precompute-soft-labels needs --teacher NAME_or_FILE")
+        classes = train_classes(cfg)
         teacher = load_teacher(cfg.teacher, len(classes), cfg.teacher_model)
+        # the crops are the student's (cfg.model at cfg.image_size): the student run checks that they match
         path = precompute_soft_labels(
-            teacher,
-            train_dir,
-            cfg,
-            args.precompute_soft_labels,
-            args.replicas,
-            image_size=cfg.image_size or teacher.spec.resolution,
+            teacher, Path(cfg.data) / "train", cfg, args.precompute_soft_labels, args.replicas
         )
         print(f"wrote {path}")
         return 0
@@ -144,12 +147,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m mnv4.train`` (errors as one line, like ``mnv4``)."""
+    """Entry point of ``python -m mnv4.train``. Bad input (``UserError``) is one line and exit code 2, like ``mnv4``;
+    anything else (a bug, CUDA out of memory) keeps its traceback."""
+    from ..errors import UserError
+
     parser = argparse.ArgumentParser(prog="python -m mnv4.train", description="Train a MobileNetV4 (see mnv4 train).")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except UserError as err:
         print(f"mnv4.train: error: {err}", file=sys.stderr)
         return 2

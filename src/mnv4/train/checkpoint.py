@@ -1,23 +1,36 @@
 """Training checkpoints: written atomically, loaded without unpickling code, complete enough to resume bit-exactly.
 
-A checkpoint holds the model, EMA, optimiser, LR scheduler and grad-scaler states, the position (epoch, step in
-epoch, global step), the data-order state (seed, global batch: the order of every epoch is a function of these), the
-RNG states of python / numpy / torch CPU / CUDA, the best metric so far and the config. Everything is stored as
-tensors and plain Python types so ``torch.load(weights_only=True)`` reads it (no pickled objects).
+A checkpoint holds what ``TrainState`` holds (model, EMA, optimiser, LR scheduler, grad scaler, the position, the best
+score and the running sums of the epoch in progress), the data-order state (seed, global batch: the order of every
+epoch is a function of these), the RNG states of python / numpy / torch CPU / CUDA and the config. Everything is
+stored as tensors and plain Python types so ``torch.load(weights_only=True)`` reads it (no pickled objects).
+
+Nothing is lost to a kill: a file is written under a temporary name and renamed into place (readers see the old file
+or the new one), temporary files of killed writers are removed by the next run, and a newest checkpoint that cannot
+be read is set aside so that ``--resume auto`` falls back to the one before.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..errors import UserError
+
+log = logging.getLogger("mnv4.train")
+
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
+# ``.<name>.tmp-<pid>@<host>`` (older versions: ``.<name>.tmp-<pid>``)
+TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)(?:@(.+))?$")
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -26,10 +39,11 @@ def checkpoint_name(global_step: int) -> str:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader (or a resume
-    after a crash) sees the old file or the new one, never half of one."""
+    after a crash) sees the old file or the new one, never half of one. The temporary name carries the writer's pid
+    and host, so ``remove_stale_temp_files`` can tell a killed writer's leftover from a live writer's file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}")
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -40,6 +54,38 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed ``atomic_save`` calls left in ``folder``; returns them.
+
+    A file is stale when its writer was on this host and that process no longer exists (or is this process, which
+    is not writing yet). Files of live processes and of other hosts (a shared file system) are left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, removed = socket.gethostname(), []
+    for path in folder.iterdir():
+        match = TEMP_PATTERN.match(path.name)
+        if not match or not path.is_file():
+            continue
+        pid, writer_host = int(match.group(1)), match.group(2)
+        if writer_host not in (None, host) or (pid != os.getpid() and _process_exists(pid)):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def rng_state() -> dict[str, Any]:
@@ -79,22 +125,48 @@ def prune_checkpoints(folder: str | Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def resolve_resume(resume: str, out: str | Path) -> Path:
-    """``'auto'`` -> newest checkpoint in ``out``; otherwise the given file (checked)."""
-    if resume == "auto":
-        found = list_checkpoints(out)
-        if not found:
-            raise FileNotFoundError(f"--resume auto: no checkpoint (ckpt-*.pt) in {str(out)!r}")
-        return found[-1]
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return path
-
-
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without executing pickled code."""
+    """Read a checkpoint without executing pickled code; a missing, truncated or foreign file is a ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {str(path)!r} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise RuntimeError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
+        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"{str(path)!r} is not an mnv4 training checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint in ``folder`` and its content; ``None`` when there is none at all.
+
+    A newer one that cannot be read (truncated by a full disk, damaged by a copy) is renamed to
+    ``<name>.unreadable`` — kept for inspection, but out of ``list_checkpoints``, so pruning cannot delete the good
+    ones in its favour — and the one before is used, with a warning naming both.
+    """
+    found = list_checkpoints(folder)
+    for path in reversed(found):
+        try:
+            return path, load_checkpoint(path)
+        except UserError as err:
+            aside = path.with_name(path.name + UNREADABLE_SUFFIX)
+            os.replace(path, aside)
+            log.warning("%s; renamed it to %s and trying the checkpoint before it", err, aside.name)
+    if found:
+        raise UserError(
+            f"none of the {len(found)} checkpoints in {str(folder)!r} can be read (each renamed to "
+            f"*.pt{UNREADABLE_SUFFIX}); start a new run with another --out, or resume from a file with --resume FILE"
+        )
+    return None
+
+
+def checkpoint_to_resume(resume: str | None, out: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """What ``--resume`` names: nothing (``None``); ``'auto'``: the newest readable checkpoint in ``out``, or
+    ``None`` when ``out`` has none yet (a new run: one command both starts and restarts a job); else that file."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return load_latest_checkpoint(out)
+    return Path(resume), load_checkpoint(resume)

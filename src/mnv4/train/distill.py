@@ -1,7 +1,7 @@
 """Knowledge distillation: the KD loss, teachers from names or files, and the paper's offline mode.
 
-Offline mode (paper §8, spec §8): the teacher labels augmented crops ahead of time and the student trains on those
-stored labels. Here a crop is a pure function of ``(seed, aug_epoch, index)`` (see ``mnv4.data``), so the file
+Offline mode (paper §8): the teacher labels augmented crops ahead of time and the student trains on those
+stored labels. Here a crop is a pure function of ``(seed, aug_epoch, index)`` (see ``mnv4.train.data``), so the file
 stores only the teacher's logits per (replica, image) plus the seed and augmentation settings; during student
 training epoch ``e`` re-creates replica ``e % replicas`` bit-for-bit and looks its labels up. Not reproduced: the
 paper's JPEG re-encode of each crop before the teacher sees it.
@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import UserError
 
 log = logging.getLogger("mnv4.train")
 
@@ -43,29 +45,48 @@ def load_teacher(spec: str, num_classes: int, teacher_model: str | None = None) 
         ckpt = load_checkpoint(path)
         state = ckpt.get("ema") or ckpt["model"]
         state = {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
-        arch = teacher_model or ckpt["config"]["model"]
-        teacher = create_model(arch, num_classes=int(state["classifier.weight"].shape[0]))
-        teacher.load_state_dict(state)
+        teacher = _teacher_from_state(spec, teacher_model or ckpt["config"]["model"], state)
     elif path.suffix == ".safetensors":
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher file {spec!r} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_safetensors_metadata(path, "teacher file")
         arch = teacher_model or meta.get("model")
         if not arch:
-            raise ValueError(f"teacher file {spec!r} does not say its architecture; pass --teacher-model NAME")
-        state = load_file(str(path))
-        teacher = create_model(arch, num_classes=int(state["classifier.weight"].shape[0]))
-        teacher.load_state_dict(state)
+            raise UserError(f"teacher file {spec!r} does not say its architecture; pass --teacher-model NAME")
+        teacher = _teacher_from_state(spec, arch, load_file(str(path)))
     else:
         teacher = create_model(spec, pretrained=True)  # its own head: a re-initialised one would teach noise
     if teacher.num_classes != num_classes:
-        raise ValueError(f"teacher {spec!r} predicts {teacher.num_classes} classes but the data has {num_classes}")
+        raise UserError(f"teacher {spec!r} predicts {teacher.num_classes} classes but the data has {num_classes}")
     teacher.eval().requires_grad_(False)
     return teacher
+
+
+def _teacher_from_state(spec: str, arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
+    from ..factory import create_model
+
+    if "classifier.weight" not in state:
+        raise UserError(f"teacher {spec!r} has no classifier weights: a teacher must be a classification model")
+    teacher = create_model(arch, num_classes=int(state["classifier.weight"].shape[0]))
+    try:
+        teacher.load_state_dict(state)
+    except RuntimeError as err:  # missing / unexpected / mis-shaped keys: the file is another architecture
+        first = str(err).splitlines()[0]
+        raise UserError(f"teacher {spec!r} does not fit {arch} ({first}); pass the right --teacher-model") from None
+    return teacher
+
+
+def read_safetensors_metadata(path: Path, what: str) -> dict[str, str]:
+    """The metadata of a safetensors file, or one ``UserError`` for a missing or unreadable file."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise UserError(f"{what} {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:  # safetensors raises its own error type for a truncated or foreign file
+        raise UserError(f"cannot read {what} {str(path)!r}: {err}") from None
 
 
 def aug_fingerprint(cfg, image_size: int) -> dict:
@@ -87,15 +108,22 @@ def precompute_soft_labels(
     image_size: int | None = None,
 ) -> Path:
     """Run ``teacher`` on ``replicas`` augmented copies of every training image (the crops the student will see in
-    epochs ``r, r + replicas, ...``) and store the logits (float16) with the seed and augmentation settings."""
+    epochs ``r, r + replicas, ...``) and store the logits (float16) with the seed and augmentation settings.
+
+    ``cfg`` is the student's run: its image size (``image_size``, else ``cfg.image_size``, else the student model's
+    native size) and normalisation (else the student model's) make the crops."""
+    import dataclasses
+
     from safetensors.torch import save_file
     from torch.utils.data import DataLoader
 
-    from ..data import BadFileLog, ImageFolderDataset, collate, train_transform
+    from .data import BadFileLog, ImageFolderDataset, collate, train_transform
+    from .inputs import resolve_model_defaults
 
     if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
-    size = image_size or cfg.image_size or teacher.spec.resolution
+        raise UserError(f"--replicas must be >= 1, got {replicas}")
+    cfg = resolve_model_defaults(dataclasses.replace(cfg, image_size=image_size or cfg.image_size), cfg.model)
+    size = cfg.image_size
     dataset = ImageFolderDataset(train_dir, train_transform(size, cfg), seed=cfg.seed)
     teacher = teacher.to(device).eval()
     logits = torch.zeros(replicas, len(dataset), teacher.num_classes, dtype=torch.float16)
@@ -127,26 +155,23 @@ class SoftLabels:
     """Stored teacher logits, checked against the run that uses them."""
 
     def __init__(self, path: str | Path, cfg, image_size: int, classes: list[str]):
-        from safetensors import safe_open
+        from safetensors.torch import load_file
 
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"soft-label file {str(path)!r} does not exist")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            self.logits = f.get_tensor("logits")
+        meta = read_safetensors_metadata(path, "soft-label file")
+        if not {"replicas", "classes", "num_samples", "augmentation"} <= set(meta):
+            raise UserError(f"{str(path)!r} is not a soft-label file (write one with --precompute-soft-labels)")
+        self.logits = load_file(str(path))["logits"]
         self.replicas = int(meta["replicas"])
         if json.loads(meta["classes"]) != classes:
-            raise ValueError(f"soft labels in {str(path)!r} were made for other classes than this data set's")
+            raise UserError(f"soft labels in {str(path)!r} were made for other classes than this data set's")
         if int(meta["num_samples"]) != self.logits.shape[1]:
-            raise ValueError(f"soft-label file {str(path)!r} is inconsistent")
+            raise UserError(f"soft-label file {str(path)!r} is inconsistent (logits do not match num_samples)")
         stored, current = json.loads(meta["augmentation"]), aug_fingerprint(cfg, image_size)
         differ = sorted(k for k in stored if stored[k] != current.get(k))
         if differ:
             detail = ", ".join(f"{k}: file {stored[k]!r} vs run {current.get(k)!r}" for k in differ)
-            raise ValueError(
-                f"soft labels in {str(path)!r} were made for other crops ({detail}); use the same settings"
-            )
+            raise UserError(f"soft labels in {str(path)!r} were made for other crops ({detail}); use the same settings")
 
     def lookup(self, aug_epochs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return self.logits[aug_epochs, indices].float()

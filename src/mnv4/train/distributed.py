@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..errors import UserError
 
 
 @dataclass
@@ -34,7 +37,9 @@ def init_distributed(device: str = "auto") -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+        raise UserError(f"device {device!r} was asked for but CUDA is not available; use --device cpu")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if use_cuda:
         dev = torch.device("cuda", local_rank) if device in ("auto", "cuda") else torch.device(device)
         torch.cuda.set_device(dev)
@@ -78,3 +83,20 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     for name, child in module.named_children():
         module.add_module(name, convert_sync_batchnorm(child))
     return module
+
+
+@contextmanager
+def main_process_first(ctx: DistContext):
+    """Rank 0 runs the block first (e.g. repairs files), then the other ranks run it (and see the repaired files)."""
+    if ctx.enabled and not ctx.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if ctx.enabled and ctx.is_main:
+            dist.barrier()
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()

@@ -1,13 +1,15 @@
-"""Input pipelines for training and validation: an ImageFolder on the CPU, and a GPU path that decodes JPEGs with
-nvJPEG and augments on the GPU.
+"""Input pipelines for training: an ImageFolder on the CPU, and a GPU path that decodes JPEGs with nvJPEG and
+augments on the GPU. Validation images go through ``mnv4.transforms.eval_transform`` on the CPU in both cases (the
+protocol of ``mnv4 eval``; see ``mnv4.train.inputs``).
 
 Reproducibility is built in, because exact resume, DDP equivalence and offline distillation depend on it: every
 random draw for a training sample comes from a generator seeded by ``(seed, aug_epoch, index)``, never from a worker's
 global state. So a sample's crop is the same whatever the number of workers, the rank that loads it, or whether the
 run was interrupted — and a teacher can label exactly the crops a student will see later.
 
-Files that cannot be decoded are skipped: the sample is replaced by the next decodable one (same batch shape, same
-order on every run) and the path is logged once per run.
+Files that cannot be decoded are logged once per run and counted. In training the sample is replaced by the next
+decodable one (same batch shape, same order on every run); in validation (``replace_bad=False``) it is skipped, so
+accuracy is computed over the images that were scored.
 """
 
 from __future__ import annotations
@@ -24,15 +26,17 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 # Files, decoding and folder layout are mnv4.images' (the one loader and scanner of every path); re-exported here.
-from .images import IMAGE_EXTENSIONS as IMG_EXTENSIONS  # noqa: F401
-from .images import DecodeError, scan_image_folder, to_rgb
-from .images import load_image as load_rgb
+from ..errors import UserError
+from ..images import IMAGE_EXTENSIONS as IMG_EXTENSIONS  # noqa: F401
+from ..images import DecodeError, scan_image_folder, to_rgb
+from ..images import load_image as load_rgb
 
-log = logging.getLogger("mnv4.data")
+log = logging.getLogger("mnv4.train.data")
 
 JPEG_MAGIC = b"\xff\xd8"
-# Domain tags so the data order and the augmentation of the same epoch draw from unrelated streams.
-ORDER_STREAM, AUG_STREAM = 1, 2
+# Domain tags so the data order, the augmentation and the per-step draws (dropout, stochastic depth, Mixup/CutMix of
+# a micro-batch, seeded by the training loop) of the same epoch draw from unrelated streams.
+ORDER_STREAM, AUG_STREAM, STEP_STREAM = 1, 2, 3
 
 
 # --------------------------------------------------------------------------------------------- seeds
@@ -75,38 +79,25 @@ def train_transform(size: int, cfg) -> object:
     return v2.Compose(ops)
 
 
-def val_transform(size: int, cfg) -> object:
-    """Resize the short side to ``size / crop_pct``, centre-crop ``size`` (the ImageNet protocol, docs/weights.md)."""
-    from torchvision.transforms import v2
-
-    resize = int(math.floor(size / cfg.crop_pct + 1e-6))
-    return v2.Compose(
-        [
-            v2.Resize(resize, antialias=True),
-            v2.CenterCrop(size),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(cfg.mean), list(cfg.std)),
-        ]
-    )
-
-
 # --------------------------------------------------------------------------------------------- datasets
 SampleKey = tuple[int, int]  # (aug_epoch, index); validation uses aug_epoch = -1 (no randomness)
 
 
 class ImageFolderDataset(Dataset):
-    """The CPU pipeline. Indexed by ``(aug_epoch, index)``; returns ``(image, label, index, aug_epoch, bad_paths)``.
+    """The CPU pipeline. Indexed by ``(aug_epoch, index)``; returns ``(image, label, index, aug_epoch, bad)``.
 
     ``image`` is the transformed tensor; ``index`` is the sample actually returned (differs from the asked one when
-    that file could not be decoded); ``bad_paths`` lists the files skipped on the way, for the main process to log.
+    that file could not be decoded); ``bad`` lists ``(path, reason)`` of the files skipped on the way, for the main
+    process to log and count. With ``replace_bad=False`` (validation) an undecodable file is not replaced: ``image``
+    is ``None`` and ``collate`` leaves the sample out.
     """
 
-    def __init__(self, root: str | Path, transform, seed: int = 0):
+    def __init__(self, root: str | Path, transform, seed: int = 0, replace_bad: bool = True):
         self.samples, self.classes = scan_image_folder(root)
         self.root = str(root)
         self.transform = transform
         self.seed = seed
+        self.replace_bad = replace_bad
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,16 +107,18 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, key: SampleKey | int):
         aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
-        bad: list[str] = []
+        bad: list[tuple[str, str]] = []
         for attempt in range(len(self.samples)):
             i = (index + attempt) % len(self.samples)
             try:
                 image = self.load(i)
             except DecodeError as err:
                 bad.append((self.samples[i][0], str(err)))
+                if not self.replace_bad:
+                    return None, self.samples[i][1], i, aug_epoch, tuple(bad)
                 continue
             return self.apply_transform(image, aug_epoch, i), self.samples[i][1], i, aug_epoch, tuple(bad)
-        raise RuntimeError(f"no file under {self.root!r} could be decoded as an image")
+        raise UserError(f"no file under {self.root!r} could be decoded as an image")
 
     def apply_transform(self, image, aug_epoch: int, index: int):
         if aug_epoch < 0:
@@ -137,28 +130,38 @@ class ImageFolderDataset(Dataset):
 
 
 def collate(batch):
-    """Stack images and labels; keep indices, augmentation epochs and the skipped files."""
-    images, labels, indices, aug_epochs, bad = zip(*batch, strict=True)
+    """Stack images and labels; keep indices, augmentation epochs and the skipped files. Samples without an image
+    (undecodable validation files) are left out; a batch of only those has ``images`` ``None`` and no labels."""
+    skipped = [p for sample in batch for p in sample[4]]
+    batch = [sample for sample in batch if sample[0] is not None]
+    if not batch:
+        empty = torch.zeros(0, dtype=torch.long)
+        return None, empty, empty, empty, skipped
+    images, labels, indices, aug_epochs, _ = zip(*batch, strict=True)
     return (
         torch.stack(images) if isinstance(images[0], torch.Tensor) else list(images),
         torch.tensor(labels, dtype=torch.long),
         torch.tensor(indices, dtype=torch.long),
         torch.tensor(aug_epochs, dtype=torch.long),
-        [p for paths in bad for p in paths],
+        skipped,
     )
 
 
 class BadFileLog:
-    """Logs each undecodable file once per run (one line: path and reason), whichever worker or epoch met it."""
+    """Logs each undecodable file once per run (one line: path and reason), whichever worker or epoch met it, and
+    counts every time one was met (``count``: the loop reports the counts per epoch)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "skipped undecodable image") -> None:
         self.seen: set[str] = set()
+        self.what = what
+        self.count = 0
 
     def __call__(self, entries: Sequence[tuple[str, str]]) -> None:
+        self.count += len(entries)
         for path, reason in entries:
             if path not in self.seen:
                 self.seen.add(path)
-                log.warning("skipped undecodable image %s (%s)", path, reason)
+                log.warning("%s %s (%s)", self.what, path, reason)
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -270,7 +273,7 @@ class EncodedImageDataset(ImageFolderDataset):
             generator = torch.Generator().manual_seed(mix_seed(self.seed, AUG_STREAM, aug_epoch, i))
             params = torch.rand(CROP_PARAMS, generator=generator, dtype=torch.float64)
             return EncodedSample(payload, params, path), self.samples[i][1], i, aug_epoch, tuple(bad)
-        raise RuntimeError(f"no file under {self.root!r} could be read as an image")
+        raise UserError(f"no file under {self.root!r} could be read as an image")
 
 
 @dataclass
@@ -319,31 +322,24 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def center_crop_box(height: int, width: int, crop_pct: float) -> tuple[int, int, int, int]:
-    """The region that 'resize short side to size/crop_pct, centre-crop size' keeps, in input pixels."""
-    side = max(1, int(round(min(height, width) * crop_pct)))
-    return (height - side) // 2, (width - side) // 2, side, side
-
-
 class GpuAugment:
-    """Batched decode (``torchvision.io.decode_jpeg(list, device=...)``, nvJPEG on CUDA) + crop/resize/flip/
-    [RandAugment]/normalise on ``device``. Works on the CPU too (that is how the tests exercise it).
+    """Training batches: batched decode (``torchvision.io.decode_jpeg(list, device=...)``, nvJPEG on CUDA) +
+    random-resized crop/flip/[RandAugment]/normalise on ``device``. Works on the CPU too (that is how the tests
+    exercise it). Validation does not come through here: it uses the evaluation transform on the CPU, so both
+    pipelines score the same tensors.
 
     A JPEG the batched decoder rejects (e.g. CMYK for nvJPEG, or corrupt) is retried alone, then on the CPU with
-    PIL; a file nothing can decode is replaced by the batch's first good image (and its label), logged once.
+    PIL; a file nothing can decode is replaced by the batch's first good image (and its label), logged once and
+    counted in ``bad_log``.
     """
 
-    def __init__(
-        self, size: int, cfg, device: torch.device | str, train: bool = True, bad_log: BadFileLog | None = None
-    ):
-        self.size, self.train, self.device = size, train, torch.device(device)
+    def __init__(self, size: int, cfg, device: torch.device | str, bad_log: BadFileLog | None = None):
+        self.size, self.device = size, torch.device(device)
         self.scale = (cfg.crop_scale_min, 1.0)
-        self.crop_pct, self.hflip = cfg.crop_pct, cfg.hflip
+        self.hflip = cfg.hflip
         self.mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(cfg.std, device=self.device).view(1, 3, 1, 1) * 255
-        self.randaug = None
-        if train and cfg.randaug_layers:
-            self.randaug = randaugment(cfg)
+        self.randaug = randaugment(cfg) if cfg.randaug_layers else None
         self.bad_log = bad_log or BadFileLog()
 
     def decode(self, samples: Sequence[EncodedSample]) -> list[torch.Tensor | None]:
@@ -391,7 +387,7 @@ class GpuAugment:
         images = self.decode(samples)
         good = [i for i, im in enumerate(images) if im is not None]
         if not good:
-            raise RuntimeError("no image of this batch could be decoded: " + ", ".join(s.path for s in samples))
+            raise UserError("no image of this batch could be decoded: " + ", ".join(s.path for s in samples))
         labels = labels.clone()
         for i, im in enumerate(images):
             if im is None:  # keep the batch shape: reuse the first good image
@@ -399,16 +395,13 @@ class GpuAugment:
         out = []
         for image, sample in zip(images, samples, strict=True):
             _, height, width = image.shape
-            if self.train:
-                top, left, h, w = random_resized_crop_box(sample.params.tolist(), height, width, self.scale)
-            else:
-                top, left, h, w = center_crop_box(height, width, self.crop_pct)
+            top, left, h, w = random_resized_crop_box(sample.params.tolist(), height, width, self.scale)
             crop = image[None, :, top : top + h, left : left + w].float()
             out.append(
                 F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
             )
         batch = torch.cat(out).clamp_(0, 255)
-        if self.train and self.hflip:
+        if self.hflip:
             flip = torch.tensor([float(s.params[-1]) < 0.5 for s in samples], device=self.device)
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
         if self.randaug is not None:
