@@ -55,6 +55,10 @@ def load_teacher(spec: str, num_classes: int, teacher_model: str | None = None) 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         arch = teacher_model or meta.get("model")
+        if not teacher_model and meta.get("spec"):  # a searched / custom architecture embeds its table
+            from ..specs import spec_from_dict
+
+            arch = spec_from_dict(json.loads(meta["spec"]), f"{spec} metadata")
         if not arch:
             raise ValueError(f"teacher file {spec!r} does not say its architecture; pass --teacher-model NAME")
         state = load_file(str(path))
