@@ -20,6 +20,7 @@ from mnv4.errors import UserError
 from mnv4.nas import SPACES, SearchConfig, search, spec_as_python
 from mnv4.nas.cost import roofline_cost
 from mnv4.specs import MODEL_SPECS, get_spec, save_spec
+from mnv4.train import load_teacher
 from mnv4.train.checkpoint import list_checkpoints, load_checkpoint
 
 pytest.importorskip("sklearn", reason="the digits data set comes from scikit-learn (dev extra)")
@@ -85,6 +86,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["--target", "1e7", "--stage", "fine", "--base", str(bad)], "missing field(s) stem, resolution"),
         (["--target", "1e7", "--stage", "fine", "--base", str(small)], "not a point of search space 'tiny'"),
         (["--target-model", str(bad)], "missing field(s) stem, resolution"),
+        (["--target", "1e7", "--fix-expansion", "5"], "s0.b0.expand: 5 is not one of the choices"),
         (["--target", "1e7"], "train"),  # no train/ folder
     ]
     for extra, message in cases:
@@ -181,6 +183,34 @@ def test_torchrun_two_processes_sample_their_own_architectures(digits, tmp_path)
     assert len(rows) == 12
 
 
+def test_a_spec_file_works_wherever_a_variant_name_does(tmp_path, capsys):
+    """models, roofline, bench and export take the spec file a search writes (train: see the slow test)."""
+    spec = SPACE.decode(SPACE.random(torch.Generator().manual_seed(2)), name="searched_here")
+    path = str(save_spec(spec, tmp_path / "searched_here.json"))
+    assert cli_main(["models", path]) == 0
+    assert "searched_here" in capsys.readouterr().out
+    assert cli_main(["roofline", path, "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"{COST(spec, 32) / 1e9:.3f} G effective MACs" in out  # the search's cost is the roofline's ModelTime
+    assert cli_main(["bench", "--quick", "--models", path, "--backends", "eager", "--no-plot", "--out",
+                     str(tmp_path / "bench")]) == 0
+    assert "searched_here" in capsys.readouterr().out
+    pytest.importorskip("onnxruntime", reason="the ONNX export check needs onnxruntime (onnx extra)")
+    assert cli_main(["export", path, "--format", "onnx", "--out", str(tmp_path / "s.onnx")]) == 0
+    assert "ONNX check OK" in capsys.readouterr().out
+
+
+def test_validate_cost_measures_random_architectures_of_the_space(capsys):
+    assert cli_main(["search", "--space", "tiny", "--validate-cost", "10"]) == 2
+    assert ">= 30 architectures" in capsys.readouterr().err
+    assert cli_main(["search", "--space", "tiny", "--validate-cost", "--rp", "pixel8-edgetpu"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("random_")]
+    assert len(rows) == 30 and all(float(line.split()[-1]) > 0 for line in rows)  # 30 measured latencies
+    rho = float(out.strip().rsplit(":", 1)[1])
+    assert -1.0 <= rho <= 1.0 and "Spearman" in out
+
+
 # ----------------------------------------------------------------------------------------------- the whole pipeline
 @pytest.mark.slow
 def test_search_then_train_and_export_the_result(digits, tmp_path):
@@ -204,6 +234,13 @@ def test_search_then_train_and_export_the_result(digits, tmp_path):
     epochs = (train_out / "epochs.csv").read_text().splitlines()
     header, last = epochs[0].split(","), epochs[-1].split(",")
     assert float(last[header.index("val_top1")]) > 50.0  # chance is 10%
+
+    # the weights carry the table: they still load as a teacher after the spec file is gone
+    weights = train_out / "model.safetensors"
+    spec_file.rename(tmp_path / "moved.json")
+    teacher = load_teacher(str(weights), num_classes=10)
+    assert teacher.spec.stages == spec.stages
+    spec_file = tmp_path / "moved.json"
 
     onnx_file = tmp_path / "found.onnx"
     pytest.importorskip("onnxruntime", reason="ONNX export check needs onnxruntime (onnx extra)")

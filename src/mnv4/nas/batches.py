@@ -81,6 +81,9 @@ class SupernetData:
         if cfg.global_batch % world_size:
             raise UserError(f"global_batch {cfg.global_batch} is not divisible by the {world_size} processes")
         self.batch = cfg.global_batch // world_size
+        if self.batch < 2:  # the head's BatchNorm sits after pooling: one image has no batch statistics
+            raise UserError(f"global_batch {cfg.global_batch} over {world_size} processes leaves {self.batch} image "
+                            "per process; each needs >= 2")
         self.steps_per_epoch = len(self.train_indices) // cfg.global_batch
         if self.steps_per_epoch == 0:
             raise UserError(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..roofline import BYTES_PER_ELEMENT, NAMED_PROFILES
 from ..specs import MIN_INPUT_SIZE
 from .controller import REWARDS
 
@@ -100,7 +101,6 @@ class SearchConfig:
         self.validate()
 
     def validate(self) -> None:
-        from .cost import parse_ridge_point
         from .space import get_space
 
         def check(ok: bool, msg: str) -> None:
@@ -112,7 +112,9 @@ class SearchConfig:
         check(self.base is None or self.stage == "fine",
               "base (the widths/depths to keep) only applies to stage 'fine'")
         check(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
-        parse_ridge_point(self.ridge_point)
+        self.ridge_point_value()
+        check(self.precision in BYTES_PER_ELEMENT,
+              f"precision must be one of {', '.join(BYTES_PER_ELEMENT)}, got {self.precision!r}")
         check(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         check(_finite(self.beta) and self.beta < 0,
               f"beta must be < 0 (it penalises missing the target), got {self.beta!r}; TuNAS uses -0.1")
@@ -149,6 +151,19 @@ class SearchConfig:
               "workers >= 0, keep_last >= 1, save_every_steps >= 0 and log_every >= 1")
         check(self.stop_after is None or self.stop_after >= 1, "stop_after must be >= 1")
         check(0 < self.crop_scale_min <= 1 and 0 < self.crop_pct <= 1, "crop_scale_min and crop_pct in (0, 1]")
+
+    def ridge_point_value(self) -> float | str:
+        """``ridge_point`` as a profile name or a number of MACs/byte (a ``UserError`` when it is neither)."""
+        if isinstance(self.ridge_point, str) and self.ridge_point in NAMED_PROFILES:
+            return self.ridge_point
+        try:
+            value = float(self.ridge_point)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"unknown ridge point {self.ridge_point!r}: a profile name "
+                            f"({', '.join(NAMED_PROFILES)}) or a number of MACs/byte >= 0")
+        return value
 
     @property
     def stages(self) -> tuple[str, ...]:

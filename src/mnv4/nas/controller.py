@@ -194,8 +194,11 @@ class RLSchedule:
 class Reinforce:
     """The controller's learner: sample, then update from the sample's reward (cross-replica baseline)."""
 
-    def __init__(self, controller: Controller, schedule: RLSchedule, baseline_momentum: float = 0.95):
-        self.controller, self.schedule = controller, schedule
+    def __init__(self, controller: Controller, schedule: RLSchedule, baseline_momentum: float = 0.95,
+                 reduce_device: torch.device | str = "cpu"):
+        # the controller lives on the CPU; cross-process reductions run where the process group wants them (NCCL:
+        # the GPU)
+        self.controller, self.schedule, self.reduce_device = controller, schedule, torch.device(reduce_device)
         self.baseline = EmaBaseline(baseline_momentum)
         self.optimizer = torch.optim.Adam(controller.parameters(), lr=schedule.lr, betas=(0.0, 0.999), eps=1e-8)
 
@@ -206,7 +209,8 @@ class Reinforce:
     def update(self, sample: Sample, reward_value: float, step: int, world_size: int = 1) -> dict[str, float]:
         """One REINFORCE step; under ``torchrun`` every rank passes its own sample and reward, the baseline takes
         the ranks' mean reward and the logits' gradients are averaged (the controller stays identical)."""
-        step_mean = float(all_reduce_sum(torch.tensor([reward_value], dtype=torch.float64))[0]) / world_size
+        mean = all_reduce_sum(torch.tensor([reward_value], dtype=torch.float64, device=self.reduce_device))
+        step_mean = float(mean[0]) / world_size
         baseline = self.baseline.update(step_mean)
         advantage = reward_value - baseline
         lr = self.schedule.rl_lr(step)
@@ -218,8 +222,7 @@ class Reinforce:
         if grad is None:  # every decision was warmed up: a zero gradient, so that every rank reduces the same
             grad = self.controller.logits.grad = torch.zeros_like(self.controller.logits)
         if world_size > 1:
-            all_reduce_sum(grad)
-            grad /= world_size
+            grad.copy_(all_reduce_sum(grad.to(self.reduce_device)).cpu() / world_size)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()  # also during the delay (LR 0): Adam's moments warm up, as in TuNAS

@@ -106,7 +106,7 @@ class SearchResult:
 def make_cost(cfg: SearchConfig):
     from .cost import roofline_cost
 
-    return roofline_cost(cfg.ridge_point, cfg.precision)
+    return roofline_cost(cfg.ridge_point_value(), cfg.precision)
 
 
 def resolve_target(cfg: SearchConfig, cost, resolution: int) -> float:
@@ -162,7 +162,8 @@ class StageRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine(warmup, steps, 0.0))
         rl_lr = cfg.rl_lr if cfg.rl_lr is not None else 3e-4 * cfg.global_batch / 256
         schedule = RLSchedule(steps, rl_lr, cfg.rl_delay_fraction, cfg.rl_lr_ramp, cfg.arch_warmup_fraction)
-        self.learner = Reinforce(stage_controller(space, name, cfg, start), schedule, cfg.baseline_momentum)
+        self.learner = Reinforce(stage_controller(space, name, cfg, start), schedule, cfg.baseline_momentum,
+                                 ctx.device)
 
     def state_dict(self) -> dict:
         return {"supernet": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -207,7 +208,7 @@ class StageRun:
         if ctx.enabled:
             all_reduce_bn_statistics(self.supernet, ctx.world_size)
         loss_value = float(loss.detach())
-        if not math.isfinite(float(all_reduce_sum(torch.tensor([loss_value], dtype=torch.float64))[0])):
+        if not math.isfinite(float(all_reduce_sum(loss.detach().double().reshape(1)))):
             raise NonFiniteLossError(f"the supernet loss became NaN/inf at step {global_step}; try a lower --lr")
 
         # 2. quality on a held-out batch, cost, reward, controller update
@@ -277,6 +278,8 @@ class _Search:
         self.resolution = cfg.resolution or self.space.resolution
         self.target = resolve_target(cfg, self.cost, self.resolution)
         self.start = fine_start(self.space, cfg) if cfg.stages == ("fine",) else self.space.largest()
+        if cfg.fix_expansion is not None and "fine" in cfg.stages:  # fail before any work, not at the fine stage
+            stage_controller(self.space, "fine", cfg, self.start)
         self.out = Path(cfg.out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

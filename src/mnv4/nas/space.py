@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -108,7 +108,6 @@ class SearchSpace:
     head_hidden: int = 1280
     act: str = "relu"
     reference: str | None = None  # the paper model that is a point of this space
-    notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
         for s, stage in enumerate(self.stages):
