@@ -86,7 +86,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["--target", "1e7", "--stage", "fine", "--base", str(bad)], "missing field(s) stem, resolution"),
         (["--target", "1e7", "--stage", "fine", "--base", str(small)], "not a point of search space 'tiny'"),
         (["--target-model", str(bad)], "missing field(s) stem, resolution"),
-        (["--target", "1e7", "--fix-expansion", "5"], "s0.b0.expand: 5 is not one of the choices"),
+        (["--target", "1e7", "--fix-expansion", "5"], "s0.b0.expand: 5.0 is not one of the choices"),
         (["--target", "1e7"], "train"),  # no train/ folder
     ]
     for extra, message in cases:
@@ -200,9 +200,13 @@ def test_a_spec_file_works_wherever_a_variant_name_does(tmp_path, capsys):
     assert "ONNX check OK" in capsys.readouterr().out
 
 
-def test_validate_cost_measures_random_architectures_of_the_space(capsys):
+def test_validate_cost_needs_30_architectures(capsys):
     assert cli_main(["search", "--space", "tiny", "--validate-cost", "10"]) == 2
     assert ">= 30 architectures" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_validate_cost_measures_random_architectures_of_the_space(capsys):
     assert cli_main(["search", "--space", "tiny", "--validate-cost", "--rp", "pixel8-edgetpu"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("random_")]

@@ -1,4 +1,4 @@
-"""Architecture search: the MobileNetV4 paper's two-stage TuNAS search over the UIB space (paper §6.1, App. 0.A).
+"""Architecture search: the MobileNetV4 paper's two-stage TuNAS search over the UIB space (paper §6.1, App. A).
 
 Library use::
 

@@ -1,4 +1,4 @@
-"""``search(cfg)``: the paper's two-stage TuNAS search (paper §6.1, App. 0.A) on a supernet, with a cost target.
+"""``search(cfg)``: the paper's two-stage TuNAS search (paper §6.1, App. A) on a supernet, with a cost target.
 
 One search step (TuNAS): the controller samples an architecture; the shared weights train one step on it; the same
 architecture is scored on a held-out batch (top-1 = quality Q); its cost T comes from the cost model; the reward

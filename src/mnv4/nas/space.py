@@ -1,4 +1,4 @@
-"""The search space as data, in the row vocabulary of ``specs.py`` (paper §6.1, App. 0.A).
+"""The search space as data, in the row vocabulary of ``specs.py`` (paper §6.1, App. A).
 
 A space is the paper's recipe for one model size: a fixed 3x3 s2 stem, fixed early stage(s), searchable stages of
 UIB blocks, and the fixed MobileNetV3-style head (1x1 conv -> pool -> 1x1 conv -> classifier). Per searchable stage
