@@ -87,8 +87,12 @@ def _baseline_top1(name: str) -> tuple[float | None, str]:
 
 def catalog_entry(name: str) -> CatalogEntry:
     from ..factory import closest_names
-    from ..specs import MODEL_SPECS
+    from ..specs import MODEL_SPECS, get_spec, is_spec_file
 
+    if is_spec_file(name):  # a spec file (e.g. from `mnv4 search`): built from the file, labelled by its name
+        spec = get_spec(name)
+        top1_source = "spec file" if spec.top1 is not None else "no published top-1"
+        return CatalogEntry(name, spec.name, spec.resolution, spec.top1, top1_source, baseline=False)
     if name in MODEL_SPECS:
         spec = MODEL_SPECS[name]
         if spec.top1 is not None:

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "MACs count convs, linears and the two attention matmuls of each Mobile MQA block (shown separately); "
         "BN, activations, pooling and softmax are not counted. 1 MAC = 2 FLOPs.",
     )
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*hybrid*'")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*hybrid*', or a spec file")
     p.add_argument("--resolution", type=int, default=None, help="count MACs at this size instead of the native one")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
@@ -27,10 +27,12 @@ def model_table(pattern: str = "*", resolution: int | None = None) -> list[dict]
     """One dict per variant: name, description, resolution, params, macs, attention_macs, top1, source."""
     from ..analysis import count_params, profile_layers
     from ..factory import create_model, list_models
-    from ..specs import MODEL_SPECS
+    from ..specs import MODEL_SPECS, is_spec_file
 
     matching = set(list_models(pattern))
     names = [name for name in MODEL_SPECS if name in matching]  # the five paper models first, then the extras
+    if is_spec_file(pattern):  # one spec file (e.g. from `mnv4 search`)
+        names = [pattern]
     if not names:
         raise UserError(f"no model matches {pattern!r}; see `mnv4 models` for the names")
     rows = []
@@ -40,7 +42,7 @@ def model_table(pattern: str = "*", resolution: int | None = None) -> list[dict]
         prof = profile_layers(model, (res, res))
         rows.append(
             {
-                "name": name,
+                "name": model.spec.name,
                 "description": model.spec.description,
                 "resolution": res,
                 "params": count_params(model),

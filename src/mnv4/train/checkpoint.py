@@ -125,21 +125,27 @@ def prune_checkpoints(folder: str | Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without executing pickled code; a missing, truncated or foreign file is a ``UserError``."""
+class UnreadableCheckpointError(UserError):
+    """A checkpoint file that does not unpickle (truncated, damaged): the one kind ``--resume auto`` steps over."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, entry: str = "model",
+                    kind: str = "mnv4 training") -> dict[str, Any]:
+    """Read a checkpoint without executing pickled code; a missing, truncated or foreign file is a ``UserError``.
+    ``entry`` is the key every checkpoint of this ``kind`` holds (other writers: the search's ``'supernet'``)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise UserError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise UserError(f"{str(path)!r} is not an mnv4 training checkpoint (no 'model' entry)")
+        raise UnreadableCheckpointError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
+    if not isinstance(ckpt, dict) or entry not in ckpt:
+        raise UserError(f"{str(path)!r} is not an {kind} checkpoint (no {entry!r} entry)")
     return ckpt
 
 
-def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | None:
+def load_latest_checkpoint(folder: str | Path, **kind) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint in ``folder`` and its content; ``None`` when there is none at all.
 
     A newer one that cannot be read (truncated by a full disk, damaged by a copy) is renamed to
@@ -149,8 +155,8 @@ def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | 
     found = list_checkpoints(folder)
     for path in reversed(found):
         try:
-            return path, load_checkpoint(path)
-        except UserError as err:
+            return path, load_checkpoint(path, **kind)
+        except UnreadableCheckpointError as err:  # a readable file of another kind stays where it is (and fails)
             aside = path.with_name(path.name + UNREADABLE_SUFFIX)
             os.replace(path, aside)
             log.warning("%s; renamed it to %s and trying the checkpoint before it", err, aside.name)
@@ -162,11 +168,11 @@ def load_latest_checkpoint(folder: str | Path) -> tuple[Path, dict[str, Any]] | 
     return None
 
 
-def checkpoint_to_resume(resume: str | None, out: str | Path) -> tuple[Path, dict[str, Any]] | None:
+def checkpoint_to_resume(resume: str | None, out: str | Path, **kind) -> tuple[Path, dict[str, Any]] | None:
     """What ``--resume`` names: nothing (``None``); ``'auto'``: the newest readable checkpoint in ``out``, or
     ``None`` when ``out`` has none yet (a new run: one command both starts and restarts a job); else that file."""
     if not resume:
         return None
     if resume == "auto":
-        return load_latest_checkpoint(out)
-    return Path(resume), load_checkpoint(resume)
+        return load_latest_checkpoint(out, **kind)
+    return Path(resume), load_checkpoint(resume, **kind)

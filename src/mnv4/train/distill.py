@@ -51,6 +51,10 @@ def load_teacher(spec: str, num_classes: int, teacher_model: str | None = None) 
 
         meta = read_safetensors_metadata(path, "teacher file")
         arch = teacher_model or meta.get("model")
+        if not teacher_model and meta.get("spec"):  # a searched / custom architecture embeds its table
+            from ..specs import spec_from_dict
+
+            arch = spec_from_dict(json.loads(meta["spec"]), f"{spec} metadata")
         if not arch:
             raise UserError(f"teacher file {spec!r} does not say its architecture; pass --teacher-model NAME")
         teacher = _teacher_from_state(spec, arch, load_file(str(path)))

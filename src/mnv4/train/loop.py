@@ -9,6 +9,7 @@ checkpoint, or splitting the same chunks over more processes instead of accumula
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import nullcontext
@@ -21,6 +22,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import UserError
+from ..specs import MODEL_SPECS, spec_to_dict
 from .checkpoint import (
     atomic_save,
     checkpoint_name,
@@ -461,6 +463,9 @@ def export_weights(model: nn.Module, ema, cfg: TrainConfig, out: Path) -> Path:
     from safetensors.torch import save_file
 
     meta = {"model": cfg.model, "num_classes": str(getattr(model, "num_classes", ""))}
+    spec = getattr(model, "spec", None)
+    if spec is not None and cfg.model not in MODEL_SPECS:  # a spec file: embed the table, the file may move
+        meta["spec"] = json.dumps(spec_to_dict(spec))
     path = out / "model.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
     if ema is not None and ema.n_averaged.item() > 0:

@@ -1,0 +1,169 @@
+"""``mnv4 search``: the paper's two-stage TuNAS search for a latency target; a thin shell over ``mnv4.nas``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# flag -> (SearchConfig field, type, help); None type = boolean --flag/--no-flag
+OVERRIDES: list[tuple[str, str, object, str]] = [
+    ("--space", "space", str, "search space: conv_small, conv_medium, conv_large (paper sizes) or tiny (CPU proxy)"),
+    ("--data", "data", str, "ImageFolder root with train/<class>/* (part of it is held out to score architectures)"),
+    ("--out", "out", str, "output folder: spec file, search.json, history.csv, search.png, checkpoints"),
+    ("--name", "name", str, "name of the found architecture (default mnv4_nas_<space>)"),
+    ("--stage", "stage", str, "coarse (widths, depths), fine (DW slots, expansions) or both (default)"),
+    ("--base", "base", str, "--stage fine: keep this architecture's widths/depths (variant or spec file; default: "
+                            "the space's paper model)"),
+    ("--fix-expansion", "fix_expansion", float, "fine stage: every expansion at this value (the paper: 4)"),
+    ("--target", "target", float, "cost target T0 in the cost model's unit (roofline: effective MACs)"),
+    ("--target-model", "target_model", str, "T0 = the cost of this variant or spec file (x --target-scale)"),
+    ("--target-scale", "target_scale", float, "with --target-model: T0 = scale x its cost (e.g. 0.8)"),
+    ("--cost", "cost", str, "roofline (default; the paper's model at --rp) or latency-table (ONNX Runtime latency "
+                            "of each block measured on this machine, kept in --latency-table)"),
+    ("--latency-table", "latency_table", str, "the latency table's JSON file (default ~/.cache/mnv4/)"),
+    ("--rp", "ridge_point", str, "roofline ridge point: a profile (pixel6-cpu, s23-cpu, pixel4-dsp, pixel8-edgetpu) "
+                                 "or MACs/byte (`mnv4 roofline --fit` measures yours)"),
+    ("--precision", "precision", str, "roofline bytes per element: int8 (default), fp16, bf16, fp32"),
+    ("--resolution", "resolution", int, "input size the cost is taken at (default: the space's)"),
+    ("--reward", "reward", str, "abs (TuNAS, default), mnas or mnas_hard (MnasNet)"),
+    ("--beta", "beta", float, "reward slope / exponent, < 0 (default -0.1)"),
+    ("--image-size", "image_size", int, "supernet training resolution (default: the cost resolution)"),
+    ("--epochs", "epochs", float, "supernet epochs per stage"),
+    ("--steps", "steps", int, "steps per stage (instead of --epochs)"),
+    ("--global-batch", "global_batch", int, "training batch over all processes"),
+    ("--optimizer", "optimizer", str, "supernet optimiser: adamw (default) or rmsprop (TuNAS)"),
+    ("--lr", "lr", float, "supernet peak learning rate"),
+    ("--weight-decay", "weight_decay", float, "supernet weight decay"),
+    ("--soft-labels", "soft_labels", str, "offline distillation labels from `mnv4 train --precompute-soft-labels`"),
+    ("--holdout-fraction", "holdout_fraction", float, "part of train/ held out for the quality batches"),
+    ("--rl-lr", "rl_lr", float, "controller learning rate (default 3e-4 x global batch / 256)"),
+    ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("--workers", "workers", int, "data-loader workers per process"),
+    ("--threads", "threads", int, "torch CPU threads"),
+    ("--seed", "seed", int, "seed of everything random in the search"),
+    ("--resume", "resume", str, "checkpoint file, or 'auto' for the newest in --out"),
+    ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps (and at the end of each stage)"),
+    ("--progress", "progress", None, "progress bar"),
+    ("--plot", "plot", None, "write search.png (needs matplotlib)"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search",
+        help="search an architecture for your latency target (the paper's two-stage TuNAS NAS)",
+        description="Two-stage TuNAS search (paper §6.1): a weight-sharing supernet trains on --data while a "
+        "controller learns, by REINFORCE on reward = top-1 + beta |cost/T0 - 1|, which stage widths/depths "
+        "(coarse) and then which UIB blocks (fine) to pick. The cost is the paper's roofline model at the ridge "
+        "point --rp. Writes the architecture as a spec file that `mnv4 train/export/bench/roofline --model` take. "
+        "Multi-GPU: torchrun --nproc-per-node N -m mnv4.cli search <same flags>.",
+    )
+    for flag, dest, kind, help_text in OVERRIDES:
+        if kind is None:
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any SearchConfig field (TOML value), e.g. --set quality_bn='running'")
+    p.add_argument("--list-spaces", action="store_true", help="print the search spaces and exit")
+    p.add_argument("--validate-cost", type=int, nargs="?", const=30, default=None, metavar="N",
+                   help="instead of searching: measure N (>= 30, default 30) random architectures of --space and "
+                   "print how well the cost predicts their latency here (Spearman)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace, require_target: bool = True):
+    from ..nas import SearchConfig
+    from ..train.config import tomllib
+
+    values = {dest: getattr(args, dest) for _, dest, _, _ in OVERRIDES if getattr(args, dest) is not None}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in SearchConfig.__dataclass_fields__:
+            from ..errors import UserError
+
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD a SearchConfig field")
+        try:
+            values[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            values[key] = value
+    if not require_target and "target" not in values and "target_model" not in values:
+        values["target"] = 1.0  # --validate-cost needs no target
+    return SearchConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..nas import SPACES
+
+    if args.list_spaces:
+        for space in SPACES.values():
+            print(f"{space.name:12s} {space.description}; {len(space.decisions)} decisions, "
+                  f"{space.resolution} px" + (f", contains {space.reference}" if space.reference else ""))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.validate_cost is not None:
+        return run_validate_cost(args)
+    cfg = config_from_args(args)
+    if not cfg.data:
+        from ..errors import UserError
+
+        raise UserError("--data DIR is required (an ImageFolder root with train/<class>/*)")
+    from ..nas import search, spec_as_python
+    from ..nas.report import format_probabilities
+
+    result = search(cfg)
+    if not result.complete:
+        print(f"stopped after {len(result.history)} steps; continue with --resume auto --out {cfg.out}")
+        return 0
+    if not result.files:  # not rank 0
+        return 0
+    print(spec_as_python(result.spec))
+    print(f"\ncost: {result.cost:.4g} {result.cost_unit} = {result.cost / result.target:.3f} x T0 "
+          f"(T0 = {result.target:.4g}; {result.cost_name}, {result.resolution} px)")
+    print(f"\ncontroller's final probabilities ({result.stages[-1].stage} stage; * = chosen):")
+    print(format_probabilities(result.probabilities))
+    print("\nwrote " + ", ".join(str(p) for p in result.files.values()))
+    print(f"next: mnv4 train --model {result.files['spec']} --data DIR ...")
+    return 0
+
+
+def run_validate_cost(args: argparse.Namespace) -> int:
+    """Both cost models -- the roofline at --rp and the latency table -- against the end-to-end ORT latency of
+    N random architectures of the space (``mnv4.nas.cost.validate_cost``)."""
+    import torch
+
+    from ..errors import UserError
+    from ..nas import get_space
+    from ..nas.cost import LatencyTableCost, roofline_cost, validate_cost
+
+    if args.validate_cost < 30:
+        raise UserError(f"--validate-cost needs >= 30 architectures for a meaningful rank correlation, got "
+                        f"{args.validate_cost}")
+    cfg = config_from_args(args, require_target=False)
+    space = get_space(cfg.space)
+    resolution = cfg.resolution or space.resolution
+    generator = torch.Generator().manual_seed(cfg.seed)
+    specs = [space.decode(space.random(generator), name=f"random_{i:03d}") for i in range(args.validate_cost)]
+    table = LatencyTableCost(cfg.latency_table, threads=cfg.threads, progress=bool(cfg.progress))
+    table.measure(specs, resolution)  # all missing parts in one pass: faster than one at a time
+    costs = [roofline_cost(cfg.ridge_point_value(), cfg.precision), table]
+    print(validate_cost(costs, specs, resolution, progress=bool(cfg.progress)).format())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m mnv4.nas`` (for ``torchrun ... -m mnv4.nas``); errors as one line, like ``mnv4``."""
+    from ..errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m mnv4.nas", description="Architecture search (see mnv4 search).")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    args = parser.parse_args(["search", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"mnv4.nas: error: {err}", file=sys.stderr)
+        return 2
