@@ -112,8 +112,8 @@ def evaluate_detector(
     rank: int = 0,
 ) -> CocoMetrics | None:
     """COCO metrics of ``model`` on ``coco``. Under torchrun each rank runs its shard and rank 0 evaluates (the
-    others return None). Images that cannot be decoded are evaluated as a duplicate of the next one would be wrong,
-    so such a file raises instead (fix or remove it from the JSON)."""
+    others return None). An image file that cannot be decoded raises ``UserError`` naming it: training may stand in
+    the next image for it, but an evaluation would then score one image's detections against another's boxes."""
     from ..data import ShardSampler
     from .augment import eval_transform
 
