@@ -172,6 +172,7 @@ def test_paper_retinanet_counts_match_table_7():
     assert abs(row.macs / 5.06e9 - 1) < 0.01, row.macs
     classifier = mnv4.create_model("mobilenetv4_conv_medium")
     head_conv = count_params(classifier.conv_head) + count_params(classifier.norm_head)
+    assert row.classifier_head_conv == head_conv == 960 * 1280 + 2 * 1280
     assert row.backbone_params == count_params(classifier) - head_conv - count_params(classifier.classifier)
     assert row.params == row.backbone_params + row.neck_params + row.head_params
     assert abs((row.params + head_conv) / 9.79e6 - 1) < 0.01, row.params

@@ -74,14 +74,15 @@ def test_resume_is_bit_identical(tiny_coco, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one(tiny_coco, tmp_path):
     """torchrun --nproc-per-node 2 (gloo, 2 images per rank) vs 1 process accumulating the same two chunks of 2:
-    parameters agree to float rounding (BatchNorm statistics are rank 0's under DDP, so they are not compared)."""
+    parameters agree to float rounding (BatchNorm statistics are rank 0's under DDP, so they are not compared).
+    The chunks, their augmentation and their stochastic depth are seeded the same way in both (see docs/train.md)."""
     from mnv4.testing import relative_error
 
     annotations, images = tiny_coco
     args = ["train", "--train-annotations", str(annotations), "--train-images", str(images), "--image-size", "64",
             "--fpn-channels", "16", "--epochs", "1", "--global-batch", "4", "--batch-size", "2", "--lr", "2e-3",
             "--workers", "0", "--threads", "1", "--no-progress", "--no-tensorboard", "--eval-every", "0",
-            "--set", "randaug_layers=1"]
+            "--drop-path", "0.1", "--set", "randaug_layers=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     for out, launcher in ((single, [sys.executable]), (ddp, [str(VENV_BIN / "torchrun"), "--standalone",
@@ -91,7 +92,11 @@ def test_torchrun_two_processes_match_one(tiny_coco, tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
     a, b = weights(single / "model.safetensors"), weights(ddp / "model.safetensors")
     params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    assert max(relative_error(b[k], a[k]) for k in params) < 1e-3
+    # a few biases get exactly zero gradient on these 64 px images (no box matches an anchor on P4-P7, so the box
+    # branch of those levels never sees a foreground): still zero in both runs
+    zero = [k for k in params if not a[k].any()]
+    assert all(not b[k].any() for k in zero) and len(zero) < len(params) // 4
+    assert max(relative_error(b[k], a[k]) for k in params if k not in zero) < 1e-3
 
 
 # ----------------------------------------------------------------------------------------------- learning

@@ -3,7 +3,8 @@
 Counting follows ``mnv4.analysis`` (convs, linears, Mobile MQA matmuls; BN, activations and the box decoding / NMS
 not counted; 1 MAC = 2 FLOPs), for one image of the detector's input size and 91 COCO classes (torchvision's and
 TF Model Garden's COCO label space). The per-part split (backbone / FPN / head) is what docs/detection.md uses to
-explain the gap to the paper's parameter counts.
+explain the gap to the paper's parameter counts, with ``classifier_head_conv``: the paper's counts match ours plus
+the classification model's 960->1280 conv, which a backbone cut from the classifier carries but never runs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class DetectorCount:
     backbone_params: int
     neck_params: int  # FPN (RetinaNet) or the four extra blocks (SSDLite)
     head_params: int
+    classifier_head_conv: int  # the classification model's 960->1280 conv + BN, which detection never runs
     paper_params_m: float | None = None
     paper_gmacs: float | None = None
     paper_ap: float | None = None
@@ -40,6 +42,7 @@ def count_detector(arch: str, backbone: str, size: int | None = None) -> Detecto
     """Params and MACs (one image) of ``arch`` (retinanet / ssdlite) on ``backbone``, split by part."""
     import torch
 
+    from ..factory import create_model
     from .models import DetectorSpec, create_detector
 
     spec = DetectorSpec(arch, backbone, COCO_CLASSES, size)
@@ -50,6 +53,7 @@ def count_detector(arch: str, backbone: str, size: int | None = None) -> Detecto
     else:
         body, neck = model.backbone.body, model.backbone.extra
     paper = PAPER_TAB7.get(backbone) if arch == "retinanet" and spec.size == 384 else None
+    classifier = create_model(backbone)
     return DetectorCount(
         name=f"{arch} {backbone}",
         arch=arch,
@@ -60,6 +64,7 @@ def count_detector(arch: str, backbone: str, size: int | None = None) -> Detecto
         backbone_params=count_params(body),
         neck_params=count_params(neck),
         head_params=count_params(model.head),
+        classifier_head_conv=count_params(classifier.conv_head) + count_params(classifier.norm_head),
         paper_params_m=paper[2] if paper else None,
         paper_gmacs=paper[1] if paper else None,
         paper_ap=paper[0] if paper else None,
