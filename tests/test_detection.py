@@ -81,6 +81,20 @@ def test_fpn_backbone_gives_p3_to_p7(separable):
     assert (len(full_3x3) == 0) == separable
 
 
+def test_torchvision_detectors_take_the_backbone_as_is():
+    """The contract, checked by torchvision itself: its FCOS and Faster R-CNN train on the FPN backbone."""
+    from torchvision.models.detection import FCOS, FasterRCNN
+
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])}] * 2
+    fcos = FCOS(mobilenetv4_fpn_backbone(SMALL, fpn_channels=32), num_classes=3, min_size=64, max_size=64)
+    faster = FasterRCNN(mobilenetv4_fpn_backbone(SMALL, out_indices=(1, 2, 3, 4), fpn_channels=32,
+                                                 extra_levels="pool"), num_classes=3, min_size=64, max_size=64)
+    for model in (fcos, faster):
+        losses = model.train()(images, targets)
+        assert losses and all(torch.isfinite(v) for v in losses.values())
+
+
 def test_frozen_bn_matches_eval_mode_and_keeps_activations(weights_file):
     x = torch.randn(2, 3, 64, 64)
     reference = mobilenetv4_backbone(SMALL, pretrained=weights_file).eval()
