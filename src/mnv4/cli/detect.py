@@ -1,0 +1,255 @@
+"""``mnv4 detect train | eval | predict | export | models``: object detection with a MobileNetV4 backbone; a thin
+shell over ``mnv4.detection`` (docs/detection.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+# flag -> (DetectConfig field, type, help); None type = boolean --flag/--no-flag
+TRAIN_OVERRIDES: list[tuple[str, str, object, str]] = [
+    ("--arch", "arch", str, "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
+    ("--backbone", "backbone", str, "MobileNetV4 variant or variant.tag (mnv4 models)"),
+    ("--pretrained", "pretrained", str, "backbone weights: 'true' (the tag's ImageNet weights) or a weights file"),
+    ("--train-annotations", "train_annotations", str, "COCO instances JSON of the training set"),
+    ("--train-images", "train_images", str, "folder the training JSON's file_name entries are relative to"),
+    ("--val-annotations", "val_annotations", str, "COCO instances JSON of the validation set (COCO AP per epoch)"),
+    ("--val-images", "val_images", str, "folder of the validation images"),
+    ("--out", "out", str, "output folder: checkpoints, CSV/TensorBoard logs, model.safetensors"),
+    ("--image-size", "image_size", int, "input size (default 384 RetinaNet, 320 SSDLite)"),
+    ("--fpn-channels", "fpn_channels", int, "RetinaNet FPN / head width (paper: 256)"),
+    ("--trainable-stages", "trainable_stages", int, "train only the last N backbone stages (stem, blocks.0-4)"),
+    ("--drop-path", "drop_path", float, "backbone stochastic depth (paper: 0.2)"),
+    ("--epochs", "epochs", float, "training epochs (the cosine schedule follows)"),
+    ("--global-batch", "global_batch", int, "optimiser batch over all processes"),
+    ("--batch-size", "batch_size", int, "images per process per forward; the rest is gradient accumulation"),
+    ("--max-steps", "max_steps", int, "stop after this many optimiser steps"),
+    ("--optimizer", "optimizer", str, "adam (L2), adamw (decoupled) or sgd"),
+    ("--lr", "lr", float, "peak learning rate"),
+    ("--weight-decay", "weight_decay", float, "weight decay (L2 for adam/sgd; not on BN/biases)"),
+    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up epochs"),
+    ("--ema-decay", "ema_decay", float, "EMA decay (0 = off)"),
+    ("--augment", "augment", str, "paper (flip + scale jitter + RandAugment), ssd or none"),
+    ("--eval-every", "eval_every", int, "validate every N epochs (0: only after the last)"),
+    ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler)"),
+    ("--workers", "workers", int, "data-loader worker processes per rank"),
+    ("--seed", "seed", int, "seed of data order, augmentation and init"),
+    ("--threads", "threads", int, "torch CPU threads"),
+    ("--resume", "resume", str, "checkpoint file, or 'auto' for the newest ckpt-*.pt in --out"),
+    ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps as well as every epoch"),
+    ("--log-every", "log_every", int, "steps between log rows"),
+    ("--frozen-bn", "frozen_bn", None, "freeze every backbone BatchNorm (small batches)"),
+    ("--sync-bn", "sync_bn", None, "SyncBatchNorm across processes (CUDA)"),
+    ("--progress", "progress", None, "progress bar"),
+    ("--tensorboard", "tensorboard", None, "TensorBoard scalars next to the CSV logs"),
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="object detection: RetinaNet / SSDLite with a MobileNetV4 backbone on COCO-format data",
+        description="Detectors from torchvision with a MobileNetV4 backbone: train on COCO-format data (instances "
+        "JSON + image folder), COCO AP with pycocotools, draw predictions, export to ONNX.",
+    )
+    detect_sub = p.add_subparsers(dest="detect_command", metavar="ACTION", required=True)
+
+    t = detect_sub.add_parser("train", help="train a detector (several GPUs: torchrun ... -m mnv4.detection train)",
+                              description="Train on COCO-format data from a recipe (--list-recipes); flags override "
+                              "it. Multi-GPU: torchrun --nproc-per-node N -m mnv4.detection train <same flags>.")
+    t.add_argument("--recipe", default=None, help="a shipped detection recipe or a .toml file")
+    t.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
+    for flag, dest, kind, help_text in TRAIN_OVERRIDES:
+        if kind is None:
+            t.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            t.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any DetectConfig field (TOML value), e.g. --set scale_max=1.5")
+    t.set_defaults(func=run_train)
+
+    e = detect_sub.add_parser("eval", help="COCO AP of a trained detector on a COCO-format set",
+                              description="Print pycocotools' COCO box AP table (AP, AP50, AP75, APs/m/l, AR).")
+    add_weights_arg(e)
+    e.add_argument("--annotations", required=True, help="COCO instances JSON")
+    e.add_argument("--images", required=True, help="folder the JSON's file_name entries are relative to")
+    e.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
+    e.add_argument("--workers", type=int, default=2, help="data-loader workers (default: %(default)s)")
+    e.add_argument("--score-thresh", type=float, default=None, help="override the detector's score threshold")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
+    e.set_defaults(func=run_eval)
+
+    r = detect_sub.add_parser("predict", help="detect objects in images; write drawn images and JSON",
+                              description="Writes OUT/<name>.png|jpg with boxes and labels drawn and OUT/<name>.json "
+                              "per image. An unreadable image gets one error line; the others still run (exit 1).")
+    r.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_weights_arg(r)
+    r.add_argument("--out", default="detections", help="output folder (default: %(default)s)")
+    r.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this "
+                   "(default: %(default)s)")
+    r.set_defaults(func=run_predict)
+
+    x = detect_sub.add_parser("export", help="export a detector to ONNX (NMS inside) and verify it in ONNX Runtime")
+    add_weights_arg(x)
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: %(default)s)")
+    x.add_argument("--out", required=True, help="output .onnx file")
+    x.add_argument("--verify-images", nargs="+", metavar="IMAGE", default=None,
+                   help="images to compare ONNX Runtime with PyTorch on (default: no comparison, a warning)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    x.set_defaults(func=run_export)
+
+    m = detect_sub.add_parser("models", help="params and MACs of the detectors next to the paper's Tab. 7")
+    m.add_argument("--backbones", nargs="+", default=["mobilenetv4_conv_medium", "mobilenetv4_hybrid_medium"],
+                   help="backbones of the paper's RetinaNet to count (default: the two of Tab. 7)")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    m.set_defaults(func=run_models)
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True, metavar="FILE",
+                   help="a detector's model.safetensors (from mnv4 detect train or mnv4.detection.save_detector)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+
+
+def detect_config_from_args(args: argparse.Namespace):
+    from ..detection.config import FIELDS, load_detect_config
+    from ..errors import UserError
+    from ..train.config import tomllib
+
+    overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_OVERRIDES}
+    if overrides.get("pretrained") is not None and overrides["pretrained"].lower() in ("true", "false"):
+        overrides["pretrained"] = overrides["pretrained"].lower() == "true"
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in FIELDS:
+            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD a DetectConfig field")
+        try:
+            overrides[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            overrides[key] = value  # a bare string
+    return load_detect_config(args.recipe, **overrides)
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a line is logged (pytest swaps it per test)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _logging(timestamps: bool = False) -> None:
+    """mnv4's log lines (data repairs and skips, training progress) on stderr, one line each."""
+    log = logging.getLogger("mnv4")
+    handler = next((h for h in log.handlers if isinstance(h, _CurrentStderr)), None)
+    if handler is None:
+        handler = _CurrentStderr()
+        log.addHandler(handler)
+    handler.setFormatter(logging.Formatter(("%(asctime)s " if timestamps else "") + "%(name)s: %(message)s"))
+    log.setLevel(logging.INFO)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from ..detection import list_detect_recipes, train_detector
+
+    if args.list_recipes:
+        print("\n".join(list_detect_recipes()))
+        return 0
+    _logging(timestamps=True)
+    result = train_detector(detect_config_from_args(args))
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if isinstance(v, float))
+    print(f"done: {result.global_step} steps; {summary}; weights: {result.weights}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from ..detection import evaluate_detector, load_coco, load_detector
+
+    _logging()
+    options = {} if args.score_thresh is None else {"score_thresh": args.score_thresh}
+    model, spec = load_detector(args.weights, **options)
+    coco = load_coco(args.annotations, args.images)
+    if [c["id"] for c in coco.categories] != [c["id"] for c in spec.categories]:
+        from ..errors import UserError
+
+        raise UserError(f"{args.annotations} has categories {[c['id'] for c in coco.categories][:10]}..., the "
+                        f"detector was trained on {[c['id'] for c in spec.categories][:10]}...; they must match")
+    metrics = evaluate_detector(model.to(args.device), coco, args.device, args.batch_size, args.workers)
+    print(f"{spec.arch} / {spec.backbone} on {args.annotations}: {metrics.num_images} images, "
+          f"{metrics.num_detections} detections")
+    print(metrics.table)
+    if args.json:
+        print(json.dumps(metrics.stats, indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..detection import detect, load_detector, write_predictions
+
+    _logging()
+    model, spec = load_detector(args.weights, score_thresh=args.score_thresh)
+    results = detect(model, spec, args.images, args.score_thresh, args.device)
+    write_predictions(results, args.out)
+    for r in results:
+        if r.ok:
+            found = ", ".join(f"{n} {s:.2f}" for n, s in zip(r.names, r.scores, strict=True)) or "nothing"
+            print(f"{r.path}: {found}")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"mnv4 detect: error: {r.error}", file=sys.stderr)
+    print(f"wrote {len(results) - len(failed)} drawn images and JSON files to {args.out}")
+    return 1 if failed else 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..detection import export_detector_onnx, load_detector, verify_detector_onnx
+    from ..detection.augment import eval_transform
+    from ..detection.export import graph_op_types
+    from ..transforms import load_image
+
+    model, spec = load_detector(args.weights)
+    path = export_detector_onnx(model, args.out, spec.size, args.opset)
+    nms = "NonMaxSuppression" in graph_op_types(path)
+    print(f"wrote {path} (input image (1,3,H,W) in [0,1]; outputs boxes/scores/labels; NMS inside the graph: "
+          f"{'yes' if nms else 'no'})")
+    if args.verify_images:
+        images = [eval_transform()(load_image(p)) for p in args.verify_images]
+        print(verify_detector_onnx(model, path, images).raise_if_failed().summary())
+    else:
+        print("not verified: pass --verify-images with a few pictures to compare ONNX Runtime with PyTorch",
+              file=sys.stderr)
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from ..detection.summary import paper_table
+
+    rows = paper_table(args.backbones)
+    if args.json:
+        print(json.dumps([vars(r) for r in rows], indent=2))
+        return 0
+    print(f"{'detector':36s} {'input':>5s} {'params (M)':>10s} {'+1280 conv':>10s} {'paper':>6s} {'GMACs':>6s} "
+          f"{'paper':>6s}")
+    for r in rows:
+        paper_p = f"{r.paper_params_m:.2f}" if r.paper_params_m else "-"
+        paper_m = f"{r.paper_gmacs:.2f}" if r.paper_gmacs else "-"
+        print(f"{r.name:36s} {r.size:5d} {r.params / 1e6:10.2f} {(r.params + r.classifier_head_conv) / 1e6:10.2f} "
+              f"{paper_p:>6s} {r.macs / 1e9:6.2f} {paper_m:>6s}")
+    print("whole detector, 91 COCO classes, one image; MACs count convs and the Mobile MQA matmuls. '+1280 conv': "
+          "with the classifier's unused 960->1280 head conv, as the paper's counts seem to be (docs/detection.md)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m mnv4.detection ACTION ...`` (for torchrun): ``mnv4 detect ACTION ...``."""
+    from . import main as mnv4_main
+
+    return mnv4_main(["detect", *(sys.argv[1:] if argv is None else argv)])
