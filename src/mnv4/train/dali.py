@@ -180,10 +180,6 @@ class DaliSourceDataset(ImageFolderDataset):
         self.hflip, self.randaug_layers, self.randaug_prob = hflip, randaug_layers, randaug_prob
         self.known_bad: dict[str, str] = {}
 
-    @property
-    def params_per_sample(self) -> int:
-        return RANDAUG + 2 * self.randaug_layers
-
     def __getitem__(self, key):
         aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
         bad: list[tuple[str, str]] = []
@@ -231,7 +227,7 @@ class HostBatch:
 
     encoded: torch.Tensor  # uint8, all files concatenated
     ends: torch.Tensor  # int64, where each file ends in ``encoded``
-    params: torch.Tensor  # int32 [batch, params_per_sample]
+    params: torch.Tensor  # int32 [batch, 5 + 2 * randaug_layers]
     labels: torch.Tensor
     indices: torch.Tensor
     aug_epochs: torch.Tensor
