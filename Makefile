@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: models bench test lint bench-timm clean
+.PHONY: models bench test lint bench-timm dali test-dali clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: lint
 
 bench-timm: $(STAMP)
 	$(BIN)/python benchmarks/vs_timm.py
+
+# The DALI input pipeline's wheel is ~420 MB, so `make test` does not install it (its tests skip without it).
+dali: $(STAMP)
+	$(BIN)/pip install -q -e ".[dali]"
+
+test-dali: dali
+	$(BIN)/python -m pytest -q tests/test_dali.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -38,7 +38,9 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--soft-labels", "soft_labels", str, "offline distillation: a file from --precompute-soft-labels"),
     ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler)"),
-    ("--data-pipeline", "data_pipeline", str, "'cpu' (PIL + workers) or 'gpu' (nvJPEG decode + GPU crops)"),
+    ("--data-pipeline", "data_pipeline", str, "'cpu' (PIL + workers), 'gpu' (torchvision nvJPEG decode + GPU crops) "
+                                              "or 'dali' (NVIDIA DALI: decode fused with the augmentations)"),
+    ("--dali-threads", "dali_threads", int, "data_pipeline 'dali': DALI's CPU threads per process"),
     ("--workers", "workers", int, "data-loader worker processes per rank"),
     ("--seed", "seed", int, "seed of data order, augmentation, dropout and init"),
     ("--threads", "threads", int, "torch CPU threads"),

@@ -30,7 +30,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-PIPELINES = ("cpu", "gpu")
+PIPELINES = ("cpu", "gpu", "dali")
 DROP_PATH_SCHEDULES = ("linear", "flat")
 
 
@@ -111,7 +111,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
-    data_pipeline: str = "cpu"  # 'gpu': JPEG bytes decoded with nvJPEG and augmented on the GPU
+    data_pipeline: str = "cpu"  # 'gpu': torchvision nvJPEG + GPU crops; 'dali': mnv4.train.dali
+    dali_threads: int = 4  # data_pipeline='dali': DALI's own CPU threads (decode / Huffman), per process
     workers: int = 4
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms(True) (bit-exact CPU runs)
@@ -183,6 +184,7 @@ class TrainConfig:
         check(0 <= self.kd_alpha <= 1, f"kd_alpha must be in [0, 1], got {self.kd_alpha}")
         check(self.keep_last >= 1, f"keep_last must be >= 1, got {self.keep_last}")
         check(self.workers >= 0, f"workers must be >= 0, got {self.workers}")
+        check(self.dali_threads >= 1, f"dali_threads must be >= 1, got {self.dali_threads}")
         check(
             not (self.teacher and self.soft_labels),
             "use either teacher (online distillation) or soft_labels (offline), not both",

@@ -70,6 +70,7 @@ class TrainInputs:
     gpu_augment: GpuAugment | None
     train_bad: BadFileLog
     val_bad: BadFileLog
+    dali: object | None = None  # data_pipeline='dali': the DaliTrainLoader, built at the first epoch
 
     @classmethod
     def build(cls, cfg: TrainConfig, ctx: DistContext) -> TrainInputs:
@@ -89,6 +90,11 @@ class TrainInputs:
                 log.warning("data_pipeline='gpu' without CUDA: decoding and augmenting on the CPU in the main process")
             train: ImageFolderDataset = EncodedImageDataset(root / "train", seed=cfg.seed)
             gpu_augment = GpuAugment(cfg.image_size, cfg, ctx.device, bad_log=train_bad)
+        elif cfg.data_pipeline == "dali":  # the files and labels; DALI reads them in train_batches
+            from .dali import require_dali
+
+            require_dali()  # before any work: the install command, not a failure at the first epoch
+            train = ImageFolderDataset(root / "train", None, seed=cfg.seed)
         else:
             train = ImageFolderDataset(root / "train", train_transform(cfg.image_size, cfg), seed=cfg.seed)
         val = None
@@ -102,6 +108,19 @@ class TrainInputs:
         elif ctx.is_main:
             log.warning("%s has no val/ folder: no validation", root)
         return cls(train, val, protocol, gpu_augment, train_bad, val_bad)
+
+    def train_batches(self, sampler, cfg: TrainConfig, device: torch.device, batch_size: int):
+        """One epoch of micro-batches ``(images, labels, indices, aug_epochs, bad)`` in ``sampler``'s order, from
+        the pipeline ``cfg.data_pipeline`` names (DALI's batch is the plan's micro-batch ``batch_size``)."""
+        if cfg.data_pipeline == "dali":
+            if self.dali is None:
+                from .dali import DaliTrainLoader
+
+                self.dali = DaliTrainLoader(Path(cfg.data) / "train", cfg.image_size, cfg, device, batch_size,
+                                            workers=cfg.workers, threads=cfg.dali_threads,
+                                            channels_last=cfg.channels_last)
+            return iter(self.dali.epoch(sampler))
+        return iter(make_loader(self.train, sampler, cfg, device))
 
 
 def make_loader(dataset, batch_sampler, cfg: TrainConfig, device: torch.device) -> torch.utils.data.DataLoader:

@@ -174,7 +174,7 @@ def run_epoch(run: Run, state: TrainState) -> None:
         state.step_in_epoch,
         aug_epoch,
     )
-    batches = iter(make_loader(run.inputs.train, sampler, cfg, ctx.device))
+    batches = run.inputs.train_batches(sampler, cfg, ctx.device, plan.batch_size)
     steps = min(plan.steps_per_epoch - state.step_in_epoch, plan.total_steps - state.global_step)
     progress = None
     if ctx.is_main and cfg.progress:
@@ -427,8 +427,8 @@ def distillation_sources(
     if cfg.soft_labels:
         if cfg.mixup_prob > 0:
             raise UserError("offline distillation (--soft-labels) needs --mixup-prob 0: the stored labels are per crop")
-        if cfg.data_pipeline == "gpu":
-            raise UserError("offline distillation re-creates crops with the CPU pipeline; use --data-pipeline cpu")
+        if cfg.data_pipeline != "cpu":
+            raise UserError("offline distillation re-creates the CPU pipeline's crops; use --data-pipeline cpu")
         soft_labels = SoftLabels(cfg.soft_labels, cfg, cfg.image_size, inputs.train.classes)
     return teacher, soft_labels
 
