@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: models bench test lint bench-timm dali test-dali clean
+.PHONY: models bench test test-slow lint bench-timm dali test-dali clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,8 +24,13 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
+# The default suite (< 15 min on 2 cores); the tests marked slow (long trainings, searches, measured latency) run
+# with `make test-slow` -- CI (.ci/run) runs both.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
 
 bench-timm: $(STAMP)
 	$(BIN)/python benchmarks/vs_timm.py

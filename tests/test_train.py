@@ -199,6 +199,24 @@ def test_small_data_defaults_fit_the_run(all_digits, tmp_path, caplog):
         RunPlan.build(fit_to_data(load_config("mobilenetv4_conv_small"), 1438)[0], 1438, 1)
 
 
+def test_engine_defaults_fit_the_device(monkeypatch):
+    """Unset precision / channels_last / compile: the throughput settings on CUDA (bf16, or fp32 on a GPU without
+    bf16), fp32 eager NCHW on the CPU; whatever the user set stays as set."""
+    from mnv4.train import fit_to_device
+
+    cpu, _ = fit_to_device(TrainConfig(), torch.device("cpu"))
+    assert (cpu.precision, cpu.channels_last, cpu.compile) == ("fp32", False, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu, notes = fit_to_device(TrainConfig(), torch.device("cuda"))
+    assert (gpu.precision, gpu.channels_last, gpu.compile) == ("bf16", True, True)
+    assert "precision bf16" in notes[0] and "--compile" in notes[0]
+    user = TrainConfig(precision="fp16", channels_last=False, compile=False)
+    chosen, notes = fit_to_device(user, torch.device("cuda"))
+    assert (chosen.precision, chosen.channels_last, chosen.compile, notes) == ("fp16", False, False, [])
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert fit_to_device(TrainConfig(), torch.device("cuda"))[0].precision == "fp32"
+
+
 def test_short_run_writes_logs_checkpoints_and_weights(tiny_digits, tmp_path):
     from safetensors import safe_open
 

@@ -37,7 +37,8 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--kd-alpha", "kd_alpha", float, "weight of the distillation term (1 - alpha for the labels)"),
     ("--soft-labels", "soft_labels", str, "offline distillation: a file from --precompute-soft-labels"),
     ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler)"),
+    ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler); default: bf16 on CUDA, "
+                                      "fp32 on the CPU"),
     ("--data-pipeline", "data_pipeline", str, "'cpu' (PIL + workers), 'gpu' (torchvision nvJPEG decode + GPU crops) "
                                               "or 'dali' (NVIDIA DALI: decode fused with the augmentations)"),
     ("--dali-threads", "dali_threads", int, "data_pipeline 'dali': DALI's CPU threads per process"),
@@ -48,8 +49,8 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps as well as every epoch"),
     ("--keep-last", "keep_last", int, "step checkpoints kept (best.pt is kept apart)"),
     ("--log-every", "log_every", int, "steps between log rows"),
-    ("--channels-last", "channels_last", None, "channels_last memory format"),
-    ("--compile", "compile", None, "torch.compile the model"),
+    ("--channels-last", "channels_last", None, "channels_last memory format (default: on CUDA)"),
+    ("--compile", "compile", None, "torch.compile the model (default: on CUDA; --no-compile turns it off)"),
     ("--sync-bn", "sync_bn", None, "SyncBatchNorm across processes (CUDA)"),
     ("--deterministic", "deterministic", None, "torch.use_deterministic_algorithms(True)"),
     ("--progress", "progress", None, "progress bar"),

@@ -21,7 +21,7 @@ from .guard import NonFiniteError, NonFiniteLossError
 from .loop import TrainResult, build_model, train
 from .metrics import MetricLog
 from .optim import WarmupCosine, param_groups
-from .plan import RunPlan, fit_to_data
+from .plan import RunPlan, fit_to_data, fit_to_device
 from .state import TrainState
 from .validation import evaluate
 
@@ -39,6 +39,7 @@ __all__ = [
     "checkpoint_to_resume",
     "evaluate",
     "fit_to_data",
+    "fit_to_device",
     "kd_loss",
     "list_checkpoints",
     "list_recipes",

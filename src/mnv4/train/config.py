@@ -107,9 +107,11 @@ class TrainConfig:
 
     # engine
     device: str = "auto"  # 'auto' = cuda if available else cpu
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
+    # None: fitted to the device when the run starts (``mnv4.train.plan.fit_to_device``): on CUDA bf16 autocast,
+    # channels_last and torch.compile (the throughput settings); on the CPU fp32, NCHW, eager
+    precision: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
     sync_bn: bool = False
     data_pipeline: str = "cpu"  # 'gpu': torchvision nvJPEG + GPU crops; 'dali': mnv4.train.dali
     dali_threads: int = 4  # data_pipeline='dali': DALI's own CPU threads (decode / Huffman), per process
@@ -137,7 +139,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             check(_has_type(value, f.type), f"{f.name} must be {f.type}, got {value!r}")
-        check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(self.precision in (None, *PRECISIONS), f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check(
             re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
             f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}",

@@ -43,7 +43,7 @@ from .guard import NonFiniteGuard
 from .inputs import TrainInputs, make_loader, resolve_model_defaults, train_classes
 from .metrics import MetricLog
 from .optim import Optimization
-from .plan import RunPlan, fit_to_data
+from .plan import RunPlan, fit_to_data, fit_to_device
 from .resume import resume
 from .state import TrainState
 from .validation import autocast, evaluate
@@ -101,14 +101,17 @@ def _train(cfg: TrainConfig, ctx: DistContext, model: nn.Module | None) -> Train
     configure_torch(cfg, ctx.device)
     out = Path(cfg.out)
 
-    # ---- model and data: the model's evaluation protocol, then the batch and warm-up fitted to the data
+    # ---- model and data: the model's evaluation protocol, the engine for the device, the batch and warm-up for the
+    # data
     classes = train_classes(cfg)
     torch.manual_seed(cfg.seed)  # model init: identical on every rank
     if model is None:
         model = build_model(cfg, len(classes))
     cfg = resolve_model_defaults(cfg, model)
+    cfg, for_device = fit_to_device(cfg, ctx.device)
     inputs = TrainInputs.build(cfg, ctx)
     cfg, fitted = fit_to_data(cfg, len(inputs.train), ctx.world_size)
+    fitted += for_device
     plan = RunPlan.build(cfg, len(inputs.train), ctx.world_size)
     teacher, soft_labels = distillation_sources(cfg, inputs, len(classes), ctx.device)
 

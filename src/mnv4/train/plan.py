@@ -8,7 +8,8 @@ Without a recipe the global batch and the warm-up are left to ``fit_to_data``: a
 Conv-S) on a data set of a thousand images makes a handful of optimiser steps and learns nothing. The fitted batch is
 the largest power of two up to 256 that still gives ``MIN_STEPS_PER_EPOCH`` steps per epoch; the warm-up is a tenth
 of the schedule, at most one epoch. With gradient clipping (on by default) this trains from scratch on small data
-(docs/train.md, "Small data sets").
+(docs/train.md, "Small data sets"). ``fit_to_device`` likewise fills the engine settings left open: the throughput
+settings on CUDA, plain fp32 eager on the CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+
+import torch
 
 from ..errors import UserError
 from .config import TrainConfig
@@ -48,6 +51,26 @@ def fit_to_data(cfg: TrainConfig, num_samples: int, world_size: int = 1) -> tupl
     if cfg.warmup_epochs is None:
         values["warmup_epochs"] = min(1.0, cfg.epochs / 10)
         notes.append(f"warm-up {values['warmup_epochs']:g} epochs (a tenth of the run, at most 1; --warmup-epochs)")
+    return dataclasses.replace(cfg, **values), notes
+
+
+def fit_to_device(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, list[str]]:
+    """``cfg`` with ``precision`` / ``channels_last`` / ``compile`` left at ``None`` set for ``device``, and one note
+    per filled value. On CUDA: bf16 autocast (fp32 where the GPU has no bf16), channels_last and ``torch.compile``
+    -- the settings of timm's and torchvision's fast GPU recipes; on the CPU fp32, NCHW and eager, whose speed
+    they do not help and whose first steps compiling would dominate."""
+    on_cuda = device.type == "cuda"
+    values = {}
+    if cfg.precision is None:
+        values["precision"] = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if cfg.channels_last is None:
+        values["channels_last"] = on_cuda
+    if cfg.compile is None:
+        values["compile"] = on_cuda
+    notes = []
+    if values:
+        chosen = ", ".join(f"{k} {v}" for k, v in values.items())
+        notes.append(f"for {device.type}: {chosen} (--precision / --channels-last / --compile to choose)")
     return dataclasses.replace(cfg, **values), notes
 
 
