@@ -1,4 +1,5 @@
-"""Roofline model (spec §9): per-layer MACs and bytes by hand, the model's properties, the fit and the CLI."""
+"""Roofline model (paper §3, App. F; docs/design.md §7): per-layer MACs and bytes by hand, the model's properties,
+the fit and the CLI."""
 
 import json
 import math

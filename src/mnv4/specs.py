@@ -11,15 +11,17 @@ Row types (columns in the order of the paper's appendix tables 11-15):
 ``expand`` is the expansion ratio; the paper tables print the expanded width (in x expand), given in comments.
 A stage is a list of rows; a new stage starts at every stride-2 row (timm's grouping: its ``blocks.i.j`` keys and
 feature levels follow it). The stem (3x3 s2 conv) and the head (global pool -> 1x1 conv 1280 + BN + act ->
-dropout -> linear) are the same for every model (spec §1, §2.5) and live in ``model.py``.
+dropout -> linear) are the same for every model (docs/design.md §1-2) and live in ``model.py``.
 
 Where the released models (TF Model Garden = timm, whose checkpoints this package loads) differ from the paper,
 the tables follow the released models:
 - Conv-S rows 2-5: the paper draws two "FusedIB" blocks; the code has four Conv2D + BN + ReLU layers (the 1x1s have
-  BN and an activation, no residual) -- spec §2.1.
-- Hybrid-M: the /16 and /32 stages follow TF ``_mnv4_hybrid_medium_block_specs``, not paper Tab. 13 (spec §3.4).
+  BN and an activation, no residual) -- docs/design.md §2.
+- Hybrid-M: the /16 and /32 stages follow TF ``_mnv4_hybrid_medium_block_specs``, not paper Tab. 13
+  (docs/design.md §3).
 - Parameter counts: the paper's Tab. 6 counts are 0.5-1.9 M lower than the released models for M/L; the released
-  counts (3,774,024 / 9,715,512 / 32,590,864 / 11,074,648 / 37,764,624) are what this package reproduces (spec §4).
+  counts (3,774,024 / 9,715,512 / 32,590,864 / 11,074,648 / 37,764,624) are what this package reproduces
+  (docs/design.md §1).
 """
 
 from __future__ import annotations
@@ -241,7 +243,7 @@ CONV_LARGE = ModelSpec(
 )
 
 # MNv4-Hybrid-M, 256 px -- the RELEASED layer list (TF _mnv4_hybrid_medium_block_specs = timm), which differs from
-# paper Tab. 13 in the /16 and /32 stages (spec §3.4). Layer scale 1e-5 on every UIB and MQA block.
+# paper Tab. 13 in the /16 and /32 stages (docs/design.md §3). Layer scale 1e-5 on every UIB and MQA block.
 HYBRID_MEDIUM = ModelSpec(
     name="mobilenetv4_hybrid_medium",
     description="MNv4-Hybrid-M",
@@ -272,7 +274,7 @@ HYBRID_MEDIUM = ModelSpec(
             MQA(4, 64, 2, 160),
             UIB(3, 0, 4, 160),            # ConvNext 640
         ],
-        [   # 16 px in.  (paper Tab. 13 has a different sequence here; spec §3.4)
+        [   # 16 px in.  (paper Tab. 13 has a different sequence here; docs/design.md §3)
             UIB(5, 5, 6, 256, stride=2),  # ExtraDW  960
             UIB(5, 5, 4, 256),            # ExtraDW  1024
             UIB(3, 5, 4, 256),            # ExtraDW  1024
@@ -296,7 +298,7 @@ HYBRID_MEDIUM = ModelSpec(
     ),
 )
 
-# MNv4-Hybrid-L, 384 px -- paper Tab. 15 (identical to TF and timm); GELU (from the code, spec §2.6).
+# MNv4-Hybrid-L, 384 px -- paper Tab. 15 (identical to TF and timm); GELU (TF's and timm's code; docs/design.md §1).
 HYBRID_LARGE = ModelSpec(
     name="mobilenetv4_hybrid_large",
     description="MNv4-Hybrid-L",
@@ -359,7 +361,7 @@ HYBRID_LARGE = ModelSpec(
 
 PAPER_MODELS = (CONV_SMALL, CONV_MEDIUM, CONV_LARGE, HYBRID_MEDIUM, HYBRID_LARGE)
 
-# timm's released extras (spec §5.3): width multipliers (stem and 1280 head kept, MQA heads/dims not scaled) and
+# timm's released extras (docs/design.md §4): width multipliers (stem and 1280 head kept, MQA heads/dims not scaled) and
 # anti-aliased downsampling (every stride-2 conv inside the blocks runs at stride 1, then a 2x2 average pool or a
 # 3x3 zero-padded blur pool). Native resolution = the default tag's training resolution.
 EXTRA_MODELS = (
@@ -419,7 +421,7 @@ def get_spec(name: str | os.PathLike | ModelSpec) -> ModelSpec:
 # A spec file is the layer table as JSON: the ModelSpec fields, and ``stages`` as lists of rows, each row an object
 # with its type and the row's fields in table order, e.g. {"type": "UIB", "start_dw": 3, "mid_dw": 5, "expand": 4,
 # "out": 80, "stride": 2}. ``mnv4 search`` writes them; every command that takes a variant name takes one.
-SPEC_FORMAT = "mnv4-spec/1"
+SPEC_FORMAT = "mnv4-architecture/1"
 ROW_TYPES: dict[str, type] = {"Conv": Conv, "FusedIB": FusedIB, "UIB": UIB, "MQA": MQA}
 _KERNELS = (1, 3, 5, 7)
 

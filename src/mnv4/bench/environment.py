@@ -1,4 +1,4 @@
-"""What a latency number depends on besides the model: CPU, cores, threads, library versions (ecosystem §3.5)."""
+"""What a latency number depends on besides the model: CPU, cores, threads, library versions (docs/bench.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``run_benchmark``: every (model, backend, batch size) cell, timed with the same protocol (ecosystem §3.5)."""
+"""``run_benchmark``: every (model, backend, batch size) cell, timed with the same protocol (docs/bench.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The deployed model (BN folded, Mobile MQA in its ``math`` form: matmul / softmax / reshape / transpose, all native
 ML Program ops) is captured with ``torch.export`` and converted with ``convert_to="mlprogram"``. The paper left the
-hybrids out of its Core ML runs for lack of a PyTorch Mobile MQA (ecosystem §2.6); here every variant converts.
+hybrids out of its Core ML runs for lack of a PyTorch Mobile MQA (its README); here every variant converts.
 
 coremltools can only *run* a model on macOS. Elsewhere ``inspect_coreml`` checks the converted program instead:
 its input/output names and shapes, the op histogram, and that every op is a registered ML Program (MIL) op; on macOS
