@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 
 class NotApplicable(Exception):
     """This backend cannot run this particular model (e.g. the deploy pass only knows MobileNetV4)."""
@@ -253,10 +255,10 @@ def resolve_backends(names: Sequence[str] | None) -> tuple[list[Backend], dict[s
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown backend {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
+        raise UserError(f"unknown backend {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     if not names:
-        raise ValueError(f"no backends given; choose from: {', '.join(known)}")
+        raise UserError(f"no backends given; choose from: {', '.join(known)}")
     for n in names:
         if reason := known[n].unavailable_reason():
-            raise ValueError(f"backend {n!r} is not available here: {reason}")
+            raise UserError(f"backend {n!r} is not available here: {reason}")
     return [known[n] for n in names], {}

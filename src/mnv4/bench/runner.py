@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE
 from .backends import Backend, NotApplicable, resolve_backends
 from .catalog import resolve_models
@@ -55,7 +56,7 @@ class BenchConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UserError(message)
         return self
 
 

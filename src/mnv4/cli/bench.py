@@ -64,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import format_table, run_benchmark, write_csv, write_json
     from ..bench.catalog import REFERENCE_MODEL, catalog_entry
     from ..bench.results import format_environment, format_throughput
+    from ..errors import UserError
 
     config = config_from_args(args)
     if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
+        raise UserError(f"--out {args.out} exists and is not a folder")
     report = run_benchmark(config)
     args.out.mkdir(parents=True, exist_ok=True)
     print(format_environment(report))
