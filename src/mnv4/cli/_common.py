@@ -21,6 +21,29 @@ from ..specs import MIN_INPUT_SIZE
 
 DEFAULT_MODEL = "mobilenetv4_conv_small"
 
+# A command's config flags: (flag, config field, type -- None for a --flag/--no-flag switch --, help). Every flag
+# defaults to None, "not given", so a recipe's value stays unless the flag is on the command line.
+FlagTable = list[tuple[str, str, object, str]]
+
+
+def add_flag_table(p: argparse.ArgumentParser, table: FlagTable, config_name: str, set_example: str) -> None:
+    """The table's flags, plus ``--set FIELD=VALUE`` for any other field of the config."""
+    for flag, dest, kind, help_text in table:
+        if kind is None:
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            p.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help=f"set any {config_name} field (a TOML value), e.g. --set {set_example}")
+
+
+def flag_values(args: argparse.Namespace, table: FlagTable, fields, config_name: str) -> dict:
+    """The config values the command line gives: the table's flags (``None`` where not given), then ``--set``."""
+    from ..recipe_files import parse_set
+
+    values = {dest: getattr(args, dest) for _, dest, _, _ in table}
+    return {**values, **parse_set(args.set, fields, config_name)}
+
 
 def add_weights_args(p: argparse.ArgumentParser, random_weights: bool = False) -> None:
     """``--weights FILE`` (and ``--random-weights`` when the command offers it)."""

@@ -8,6 +8,8 @@ import json
 import logging
 import sys
 
+from ._common import add_flag_table, flag_values
+
 # flag -> (DetectConfig field, type, help); None type = boolean --flag/--no-flag
 TRAIN_OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--arch", "arch", str, "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
@@ -62,13 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "it. Multi-GPU: torchrun --nproc-per-node N -m mnv4.detection train <same flags>.")
     t.add_argument("--recipe", default=None, help="a shipped detection recipe or a .toml file")
     t.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
-    for flag, dest, kind, help_text in TRAIN_OVERRIDES:
-        if kind is None:
-            t.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            t.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
-    t.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set any DetectConfig field (TOML value), e.g. --set scale_max=1.5")
+    add_flag_table(t, TRAIN_OVERRIDES, "DetectConfig", "scale_max=1.5")
     t.set_defaults(func=run_train)
 
     e = detect_sub.add_parser("eval", help="COCO AP of a trained detector on a COCO-format set",
@@ -116,21 +112,10 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
 
 def detect_config_from_args(args: argparse.Namespace):
     from ..detection.config import FIELDS, load_detect_config
-    from ..errors import UserError
-    from ..train.config import tomllib
 
-    overrides = {dest: getattr(args, dest) for _, dest, _, _ in TRAIN_OVERRIDES}
-    if overrides.get("pretrained") is not None and overrides["pretrained"].lower() in ("true", "false"):
+    overrides = flag_values(args, TRAIN_OVERRIDES, FIELDS, "DetectConfig")
+    if isinstance(overrides.get("pretrained"), str) and overrides["pretrained"].lower() in ("true", "false"):
         overrides["pretrained"] = overrides["pretrained"].lower() == "true"
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in FIELDS:
-            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD a DetectConfig field")
-        try:
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = value  # a bare string
     return load_detect_config(args.recipe, **overrides)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._common import add_flag_table, flag_values
+
 # flag -> (SearchConfig field, type, help); None type = boolean --flag/--no-flag
 OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--space", "space", str, "search space: conv_small, conv_medium, conv_large (paper sizes) or tiny (CPU proxy)"),
@@ -58,13 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "point --rp. Writes the architecture as a spec file that `mnv4 train/export/bench/roofline --model` take. "
         "Multi-GPU: torchrun --nproc-per-node N -m mnv4.cli search <same flags>.",
     )
-    for flag, dest, kind, help_text in OVERRIDES:
-        if kind is None:
-            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            p.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set any SearchConfig field (TOML value), e.g. --set quality_bn='running'")
+    add_flag_table(p, OVERRIDES, "SearchConfig", "quality_bn='running'")
     p.add_argument("--list-spaces", action="store_true", help="print the search spaces and exit")
     p.add_argument("--validate-cost", type=int, nargs="?", const=30, default=None, metavar="N",
                    help="instead of searching: measure N (>= 30, default 30) random architectures of --space and "
@@ -74,20 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace, require_target: bool = True):
     from ..nas import SearchConfig
-    from ..train.config import tomllib
 
-    values = {dest: getattr(args, dest) for _, dest, _, _ in OVERRIDES if getattr(args, dest) is not None}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in SearchConfig.__dataclass_fields__:
-            from ..errors import UserError
-
-            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD a SearchConfig field")
-        try:
-            values[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            values[key] = value
+    given = flag_values(args, OVERRIDES, SearchConfig.__dataclass_fields__, "SearchConfig")
+    values = {k: v for k, v in given.items() if v is not None}
     if not require_target and "target" not in values and "target_model" not in values:
         values["target"] = 1.0  # --validate-cost needs no target
     return SearchConfig(**values)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._common import add_flag_table, flag_values
+
 # flag -> (TrainConfig field, type, help); None type = boolean --flag/--no-flag
 OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--model", "model", str, "model name (mnv4 models); default: the recipe's"),
@@ -61,18 +63,7 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="a shipped recipe name (see --list-recipes) or a .toml file")
     p.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
-    for flag, dest, kind, help_text in OVERRIDES:
-        if kind is None:
-            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            p.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="set any TrainConfig field (TOML value), e.g. --set bn_momentum=0.003 --set hflip=false",
-    )
+    add_flag_table(p, OVERRIDES, "TrainConfig", "bn_momentum=0.003 --set hflip=false")
     p.add_argument(
         "--precompute-soft-labels",
         metavar="FILE",
@@ -95,21 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..errors import UserError
-    from ..train.config import FIELDS, load_config, tomllib
+    from ..train.config import FIELDS, load_config
 
-    overrides = {dest: getattr(args, dest) for _, dest, _, _ in OVERRIDES}
-    if overrides.get("pretrained") is not None and overrides["pretrained"].lower() in ("true", "false"):
+    overrides = flag_values(args, OVERRIDES, FIELDS, "TrainConfig")
+    if isinstance(overrides.get("pretrained"), str) and overrides["pretrained"].lower() in ("true", "false"):
         overrides["pretrained"] = overrides["pretrained"].lower() == "true"
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in FIELDS:
-            raise UserError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field")
-        try:
-            overrides[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            overrides[key] = value  # a bare string
     return load_config(args.recipe, **overrides)
 
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..recipe_files import layered_values, read_recipe, recipe_folder, shipped_recipes
 from ..specs import MIN_INPUT_SIZE
-from ..train.config import PRECISIONS, tomllib
+from ..train.config import PRECISIONS
 from .augment import AUGMENTATIONS
 from .models import ARCHITECTURES
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-RECIPE_FOLDER = ("recipes", "detection")
 
 
 @dataclass
@@ -136,48 +134,20 @@ class DetectConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(DetectConfig)}
 
 
-def _recipe_folder():
-    return resources.files("mnv4").joinpath(*RECIPE_FOLDER)
-
-
 def list_detect_recipes() -> list[str]:
     """Names of the detection recipes shipped in ``mnv4/recipes/detection``."""
-    return sorted(p.name[: -len(".toml")] for p in _recipe_folder().iterdir() if p.name.endswith(".toml"))
+    return shipped_recipes(recipe_folder("detection"))
 
 
 def load_detect_recipe(name_or_path: str) -> dict[str, Any]:
     """A recipe's values: a shipped recipe name (``retinanet_paper``) or a path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise UserError(f"recipe file {str(path)!r} does not exist")
-        text = path.read_text()
-    else:
-        names = list_detect_recipes()
-        if name_or_path not in names:
-            raise UserError(f"unknown detection recipe {name_or_path!r}; shipped: {', '.join(names)} (or a .toml)")
-        text = _recipe_folder().joinpath(f"{name_or_path}.toml").read_text()
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"recipe {name_or_path!r} is not valid TOML: {err}") from None
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise UserError(f"recipe {name_or_path!r} has unknown keys {unknown}; valid keys are the DetectConfig fields")
-    return values
+    return read_recipe(name_or_path, recipe_folder("detection"), FIELDS, "DetectConfig")
 
 
 def load_detect_config(recipe: str | None = None, **overrides: Any) -> DetectConfig:
     """Defaults < recipe < ``overrides`` (``None`` overrides are ignored, so CLI flags left unset keep the recipe)."""
-    values: dict[str, Any] = {}
-    if recipe:
-        values.update(load_detect_recipe(recipe))
-        values.setdefault("recipe", recipe)
-    unknown = sorted(set(overrides) - set(FIELDS))
-    if unknown:
-        raise UserError(f"unknown DetectConfig fields {unknown}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return DetectConfig(**values)
+    values = {"recipe": recipe, **load_detect_recipe(recipe)} if recipe else {}
+    return DetectConfig(**layered_values(values, overrides, FIELDS, "DetectConfig"))
 
 
 def detect_config_from_dict(values: dict[str, Any]) -> DetectConfig:

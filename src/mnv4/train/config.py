@@ -14,20 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..recipe_files import layered_values, read_recipe, recipe_folder, shipped_recipes
 from ..specs import MIN_INPUT_SIZE
 from ..transforms import INTERPOLATIONS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PIPELINES = ("cpu", "gpu", "dali")
@@ -201,42 +194,18 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 def list_recipes() -> list[str]:
     """Names of the recipes shipped in ``mnv4/recipes``."""
-    folder = resources.files("mnv4") / "recipes"
-    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return shipped_recipes(recipe_folder())
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
     """A recipe's values as a dict: a shipped recipe name (``mobilenetv4_conv_small``) or a path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise UserError(f"recipe file {str(path)!r} does not exist")
-        text = path.read_text()
-    else:
-        names = list_recipes()
-        if name_or_path not in names:
-            raise UserError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(names)} (or a .toml path)")
-        text = (resources.files("mnv4") / "recipes" / f"{name_or_path}.toml").read_text()
-    try:
-        values = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"recipe {name_or_path!r} is not valid TOML: {err}") from None
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise UserError(f"recipe {name_or_path!r} has unknown keys {unknown}; valid keys are the TrainConfig fields")
-    return values
+    return read_recipe(name_or_path, recipe_folder(), FIELDS, "TrainConfig")
 
 
 def load_config(recipe: str | None = None, **overrides: Any) -> TrainConfig:
     """Defaults < recipe < ``overrides`` (``None`` overrides are ignored, so CLI flags left unset keep the recipe)."""
-    values: dict[str, Any] = {}
-    if recipe:
-        values.update(load_recipe(recipe))
-        values.setdefault("recipe", recipe)
-    unknown = sorted(set(overrides) - set(FIELDS))
-    if unknown:
-        raise UserError(f"unknown TrainConfig fields {unknown}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values = {"recipe": recipe, **load_recipe(recipe)} if recipe else {}
+    values = layered_values(values, overrides, FIELDS, "TrainConfig")
     return TrainConfig(**_tuples(values))
 
 
