@@ -198,7 +198,7 @@ def run_export(args: argparse.Namespace) -> int:
     from ..detection import export_detector_onnx, load_detector, verify_detector_onnx
     from ..detection.augment import eval_transform
     from ..detection.export import graph_op_types
-    from ..transforms import load_image
+    from ..images import load_image
 
     model, spec = load_detector(args.weights)
     path = export_detector_onnx(model, args.out, spec.size, args.opset)
