@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 # The default run: the five paper models at their paper resolutions, then the MobileNetV3 baselines at 224.
 PAPER_MODELS = (
     "mobilenetv4_conv_small",
@@ -32,7 +34,7 @@ _BASELINE_WEIGHTS = {
 }
 
 # timm's evaluated top-1 of the released extras at their default tag's training resolution = their native size here
-# (timm results-imagenet.csv; spec §5.3). The five paper models use paper Tab. 6 (``ModelSpec.top1``).
+# (timm's results-imagenet.csv). The five paper models use paper Tab. 6 (``ModelSpec.top1``).
 _TIMM_TOP1 = {
     "mobilenetv4_conv_small_050": (64.778, "timm conv_small_050.e3000_r224_in1k"),
     "mobilenetv4_conv_blur_medium": (79.446, "timm conv_blur_medium.e500_r224_in1k"),
@@ -101,12 +103,12 @@ def catalog_entry(name: str) -> CatalogEntry:
     known = list(MODEL_SPECS) + list(BASELINES)
     close = closest_names(name, known)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} Choose from: {', '.join(known)}")
+    raise UserError(f"unknown model {name!r}.{hint} Choose from: {', '.join(known)}")
 
 
 def resolve_models(names: Sequence[str] | None) -> list[CatalogEntry]:
     """Catalog entries for ``names`` (default: the paper models and baselines), duplicates dropped, order kept."""
     names = list(dict.fromkeys(names)) if names else list(DEFAULT_MODELS)
     if not names:
-        raise ValueError("no models given")
+        raise UserError("no models given")
     return [catalog_entry(n) for n in names]

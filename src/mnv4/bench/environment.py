@@ -1,4 +1,4 @@
-"""What a latency number depends on besides the model: CPU, cores, threads, library versions (ecosystem §3.5)."""
+"""What a latency number depends on besides the model: CPU, cores, threads, library versions (docs/bench.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import os
 import platform
 from importlib import metadata
 
-_LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "ai-edge-litert", "ai-edge-torch", "mnv4")
+_LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch", "executorch",
+              "torchao", "mnv4")
 
 
 def cpu_model() -> str:

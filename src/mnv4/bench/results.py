@@ -7,6 +7,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..errors import UserError
 from .catalog import REFERENCE_MODEL
 
 FORMAT_VERSION = 1
@@ -104,27 +105,27 @@ def load_results(path: str | Path) -> BenchReport:
     """Read a ``mnv4 bench`` JSON file back; raises one clear error for a missing, empty or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no results file at {path}; write one with `mnv4 bench --out DIR` (DIR/bench.json)")
+        raise UserError(f"no results file at {path}; write one with `mnv4 bench --out DIR` (DIR/bench.json)")
     text = path.read_text()
     hint = "expected the bench.json written by `mnv4 bench`"
     if not text.strip():
-        raise ValueError(f"{path} is empty; {hint}")
+        raise UserError(f"{path} is empty; {hint}")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); {hint}") from None
+        raise UserError(f"{path} is not valid JSON ({err}); {hint}") from None
     if not isinstance(data, dict) or data.get("format") != "mnv4-bench" or not isinstance(data.get("results"), list):
-        raise ValueError(f"{path} is not a mnv4 bench results file; {hint}")
+        raise UserError(f"{path} is not a mnv4 bench results file; {hint}")
     known = {f.name for f in fields(BenchRecord)}
     required = {f.name for f in fields(BenchRecord) if f.default is MISSING}
     records = []
     for i, row in enumerate(data["results"]):
         missing = required - set(row) if isinstance(row, dict) else required
         if missing:
-            raise ValueError(f"{path}: result #{i} lacks {', '.join(sorted(missing))}; {hint}")
+            raise UserError(f"{path}: result #{i} lacks {', '.join(sorted(missing))}; {hint}")
         records.append(BenchRecord(**{k: v for k, v in row.items() if k in known}))
     if not records:
-        raise ValueError(f"{path} holds no results; run `mnv4 bench` first")
+        raise UserError(f"{path} holds no results; run `mnv4 bench` first")
     return BenchReport(
         environment=data.get("environment", {}), config=data.get("config", {}), records=records,
         skipped_backends=data.get("skipped_backends", {}), backend_descriptions=data.get("backend_descriptions", {}),
