@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import mnv4
+from mnv4 import deploy as deploy_module
 from mnv4.blocks import MobileMQA
 from mnv4.deploy import ChannelAffine, count_modules, deploy, is_deployed
 from mnv4.testing import make_nondegenerate, relative_error
@@ -127,3 +130,30 @@ def test_deploy_features_only():
 def test_deploy_rejects_other_modules():
     with pytest.raises(TypeError, match="MobileNetV4"):
         deploy(nn.Conv2d(3, 3, 1))
+
+
+def test_deploy_does_not_import_the_model_module():
+    """model.fuse() uses deploy, so deploy must not import model back (no import cycle)."""
+    tree = ast.parse(Path(deploy_module.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name and name.split(".")[-1] == "model" for name in imported), imported
+
+
+@torch.no_grad()
+def test_deploy_of_a_pruned_model():
+    model = _model("mobilenetv4_conv_small")
+    model.prune_intermediate_layers([1, 3])
+    deployed = deploy(model)
+    x = torch.randn(1, 3, 64, 64)
+    assert relative_error(deployed(x), model(x)) < 1e-5 and deployed(x).shape == (1, 96, 4, 4)
+
+
+@torch.no_grad()
+def test_deployed_model_scripts_and_traces():
+    """Deployment is where TorchScript is still used: the folded model (ChannelAffine, BN-free blocks) compiles."""
+    model = deploy(_model("mobilenetv4_hybrid_medium"))
+    x = torch.randn(1, 3, *SIZE)
+    with torch.jit.optimized_execution(False):
+        assert relative_error(torch.jit.script(model)(x), model(x)) <= 1e-5
+        assert relative_error(torch.jit.trace(model, x, check_trace=False)(x), model(x)) <= 1e-5

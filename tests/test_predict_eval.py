@@ -12,10 +12,12 @@ from safetensors.torch import save_file
 
 import mnv4
 from mnv4.cli import main
+from mnv4.errors import UserError
 from mnv4.evaluate import EvalConfig, evaluate, read_label_file
+from mnv4.images import load_image
 from mnv4.predict import imagenet_classes, predict
 from mnv4.testing import make_nondegenerate
-from mnv4.transforms import data_config, eval_transform, load_image
+from mnv4.transforms import data_config, eval_transform
 
 SMALL = "mobilenetv4_conv_small"
 REPO = Path(__file__).resolve().parents[1]
@@ -176,11 +178,11 @@ def test_eval_bad_layouts_give_one_clear_error(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"labels.txt:2: expected 'filename label'"):
         read_label_file(bad)
     model = mnv4.create_model(SMALL, num_classes=10)
-    with pytest.raises(ValueError, match="no class sub-folders.*label file"):
+    with pytest.raises(UserError, match="flat folder of images without labels.*label file"):
         evaluate(model, tmp_path / "flat", run=EvalConfig(workers=0, progress=False))
     missing = tmp_path / "missing.txt"
     missing.write_text("a.png 1\nzzz.png 2\n")
-    with pytest.raises(FileNotFoundError, match="zzz.png"):
+    with pytest.raises(UserError, match="zzz.png"):
         evaluate(model, tmp_path / "flat", run=EvalConfig(workers=0, progress=False), label_file=missing)
     assert main(["eval", "--data", str(tmp_path / "nope"), "--weights", "x.safetensors"]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -201,3 +203,104 @@ def test_torch_hub_entry_points(imagenet_weights):
     loaded = torch.hub.load(str(REPO), SMALL, source="local", pretrained=str(imagenet_weights))
     ref = mnv4.create_model(SMALL, pretrained=imagenet_weights)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ref.state_dict().values(), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------------- nothing silent
+@pytest.fixture(scope="module")
+def small_val(digits_model, tmp_path_factory) -> Path:
+    """6 images of each digit from the digits val folder: all 10 classes, quick to score."""
+    root = tmp_path_factory.mktemp("small_val")
+    for folder in sorted(p for p in digits_model[2].iterdir() if p.is_dir()):
+        (root / folder.name).mkdir()
+        for path in sorted(folder.iterdir())[:6]:
+            shutil.copy(path, root / folder.name / path.name)
+    return root
+
+
+class ColourOracle(torch.nn.Module):
+    """A 1000-class 'model' that knows two ImageNet classes by colour: reddish images are lesser pandas (387),
+    bluish ones park benches (703). Perfect on the folder below when folders map to ImageNet indices."""
+
+    num_classes = 1000
+
+    def forward(self, x):
+        red = x[:, 0].mean((1, 2)) > x[:, 2].mean((1, 2))
+        logits = torch.zeros(len(x), self.num_classes)
+        logits[red, 387] = logits[~red, 703] = 10.0
+        return logits
+
+
+def _synset_subset(root: Path) -> Path:
+    for synset, colour in (("n02509815", (200, 60, 40)), ("n03891251", (40, 60, 200))):
+        (root / synset).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40 + i, 36), colour).save(root / synset / f"{i}.png")
+    return root
+
+
+def test_imagenet_synset_subset_is_scored_with_imagenet_indices_by_eval_and_export(tmp_path):
+    """Issue 9, silently wrong 1: two synset folders were numbered 0, 1 (top-1 0.000 where the truth is 100%)."""
+    from mnv4.export.data import Preprocess
+    from mnv4.export.quantize import top1_accuracy, torch_runner
+
+    folder, oracle = _synset_subset(tmp_path / "val"), ColourOracle()
+    cfg = data_config({"input_size": (3, 32, 32)})
+    result = evaluate(oracle, folder, cfg, EvalConfig(batch_size=4, workers=0, progress=False))
+    assert (result.top1, result.images) == (100.0, 6)
+    assert top1_accuracy(torch_runner(oracle), folder, Preprocess.for_model(oracle, (32, 32)), batch_size=4) == (1.0, 6)
+    (folder / "misc").mkdir()  # a stray non-synset folder: refused, not renumbered
+    (folder / "n03891251" / "0.png").rename(folder / "misc" / "0.png")
+    with pytest.raises(UserError, match=r"mixes ImageNet synset folders .* with other names \(misc\)"):
+        evaluate(oracle, folder, cfg, EvalConfig(workers=0, progress=False))
+
+
+def test_eval_and_export_eval_score_a_folder_identically(digits_model, small_val):
+    """One folder, one model: `mnv4 eval` and the PyTorch column of `export --eval` see the same tensors (the tag's
+    eval_transform; export used a plain bilinear resize) and report the same top-1."""
+    from mnv4.export.data import Preprocess
+    from mnv4.export.quantize import top1_accuracy, torch_runner
+
+    model, val = digits_model[0], small_val
+    cfg = data_config(model, img_size=32)
+    preprocess = Preprocess.for_model(model, (32, 32))
+    for path in sorted((val / "3").iterdir())[:3]:
+        np.testing.assert_array_equal(preprocess(path), eval_transform(cfg)(load_image(path)).numpy())
+    result = evaluate(model, val, cfg, EvalConfig(batch_size=20, workers=0, progress=False))
+    acc, n = top1_accuracy(torch_runner(model), val, preprocess, batch_size=20)
+    assert n == result.images == 60 and 100 * acc == pytest.approx(result.top1, abs=1e-9)
+    batch = torch.stack([torch.from_numpy(preprocess(p)) for p in sorted(val.rglob("*.png"))])
+    with torch.no_grad():
+        assert len(set(model.eval()(batch).argmax(-1).tolist())) >= 3  # predictions differ: agreeing means something
+
+
+def test_eval_skips_and_counts_undecodable_images_and_scores_the_rest(digits_model, small_val, tmp_path):
+    """Eval stopped at the first corrupt image (a worker traceback with workers > 0); now it is skipped, listed and
+    the accuracy is over the images scored."""
+    from bad_images import write_bomb_png, write_corrupt_jpeg
+
+    model, cfg = digits_model[0], data_config(digits_model[0], img_size=32)
+    three_a_class = lambda folder, names: sorted(names)[3:] if Path(folder) != small_val else []  # noqa: E731
+    data = shutil.copytree(small_val, tmp_path / "val", ignore=three_a_class)
+    clean = evaluate(model, data, cfg, EvalConfig(batch_size=16, workers=0, progress=False))
+    bad = [write_corrupt_jpeg(data / "0" / "corrupt.jpg"), write_bomb_png(data / "7" / "bomb.png")]
+    for workers in (0, 2):
+        result = evaluate(model, data, cfg, EvalConfig(batch_size=16, workers=workers, progress=False))
+        assert (result.images, result.top1) == (clean.images, clean.top1) == (30, clean.top1)
+        assert [s.split(": ")[0] for s in result.skipped] == [str(p) for p in bad]
+    with pytest.raises(UserError, match="corrupt.jpg: not a readable image"):
+        evaluate(model, data, cfg, EvalConfig(batch_size=16, workers=2, progress=False, strict=True))
+
+
+def test_nan_logits_are_counted_not_scored(digits_model, small_val):
+    """Issue 9, silently wrong 6 (eval side): NaN logits went into top-1 without a word."""
+    model, val = digits_model[0], small_val
+    broken = mnv4.create_model(SMALL, num_classes=10)
+    broken.load_state_dict(model.state_dict())
+    broken.eval()
+    next(m for m in broken.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_var.fill_(float("nan"))
+    result = evaluate(broken, val, data_config(broken, img_size=32), EvalConfig(workers=0, progress=False))
+    assert result.to_dict()["nonfinite"] == result.images == 60
+    assert result.top1 == result.top5 == 0.0
+    assert "non-finite logits counted as wrong" in result.summary()
+    results = predict(broken, sorted((val / "3").iterdir())[:2])
+    assert [r.ok for r in results] == [False, False] and "NaN/inf" in results[0].error

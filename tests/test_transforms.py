@@ -1,6 +1,4 @@
-"""The evaluation protocol (data_config -> eval_transform) against timm, and image loading of awkward files."""
-
-import io
+"""The evaluation protocol (data_config -> eval_transform) against timm. Image loading: tests/test_images.py."""
 
 import numpy as np
 import pytest
@@ -8,7 +6,7 @@ import torch
 from PIL import Image
 
 import mnv4
-from mnv4.transforms import DataConfig, data_config, eval_transform, load_image, to_rgb
+from mnv4.transforms import DataConfig, data_config, eval_transform
 from mnv4.weights import TAGS
 
 
@@ -52,6 +50,21 @@ def test_eval_transform_equals_timm_create_transform(timm, tag, test_size):
         assert torch.equal(ours, ref)
 
 
+@pytest.mark.parametrize("hw", [(64, 96), (96, 64), (224, 160)])
+def test_non_square_sizes_equal_timm_create_transform(timm, hw):
+    """Export and calibration use --size H W: timm scales the image to cover floor(H / crop) x floor(W / crop),
+    keeping its aspect ratio, then centre-crops."""
+    from timm.data import create_transform
+
+    model = mnv4.create_model("mobilenetv4_conv_small")
+    cfg = data_config(model, img_size=hw)
+    assert cfg.input_size == (3, *hw) and "x" in cfg.describe()
+    for img in (photo(), photo(517, 333, seed=1)):
+        ours, ref = eval_transform(cfg)(img), create_transform(**cfg)(img)
+        assert ours.shape == (3, *hw)
+        assert torch.equal(ours, ref)
+
+
 def test_resize_rounds_down_as_timm():
     assert data_config("mobilenetv4_conv_small.e2400_r224_in1k").resize_size == 256
     assert data_config("mobilenetv4_conv_small.e2400_r224_in1k", use_test_size=True).resize_size == 269
@@ -75,53 +88,3 @@ def test_data_config_of_models_and_overrides():
         DataConfig(crop_pct=1.5)
     with pytest.raises(ValueError, match="unknown pretrained tag"):
         data_config("mobilenetv4_conv_small.nope")
-
-
-def _roundtrip(img: Image.Image, fmt: str, **save) -> Image.Image:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **save)
-    buf.seek(0)
-    return Image.open(buf)
-
-
-def test_awkward_images_become_upright_rgb(tmp_path):
-    base = photo(40, 60)
-    grey = to_rgb(base.convert("L"))
-    assert grey.mode == "RGB" and np.array_equal(np.asarray(grey)[..., 0], np.asarray(grey)[..., 2])
-    cmyk = to_rgb(_roundtrip(base.convert("CMYK"), "JPEG", quality=95))
-    assert cmyk.mode == "RGB" and np.abs(np.asarray(cmyk, float) - np.asarray(base, float)).mean() < 25
-
-    rgba = base.convert("RGBA")
-    alpha = np.full((40, 60), 255, np.uint8)
-    alpha[:, :30] = 0  # left half fully transparent -> white paper
-    rgba.putalpha(Image.fromarray(alpha))
-    flat = np.asarray(to_rgb(_roundtrip(rgba, "PNG")))
-    assert (flat[:, :30] == 255).all() and np.array_equal(flat[:, 30:], np.asarray(base)[:, 30:])
-
-    sixteen = np.linspace(0, 65535, 40 * 60).reshape(40, 60).astype(np.uint16)
-    path16 = tmp_path / "deep.png"
-    Image.fromarray(sixteen).save(path16)
-    assert Image.open(path16).mode.startswith("I")
-    deep = np.asarray(load_image(path16))
-    assert deep.dtype == np.uint8 and deep[0, 0, 0] == 0 and deep[-1, -1, 0] == 255
-    assert abs(int(deep[20, 30, 0]) - round(int(sixteen[20, 30]) / 257)) <= 1
-
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation: stored rotated, display after 90 degrees clockwise
-    rotated_path = tmp_path / "rotated.jpg"
-    base.save(rotated_path, exif=exif.tobytes(), quality=95)
-    assert Image.open(rotated_path).size == (60, 40)
-    assert load_image(rotated_path).size == (40, 60)
-
-    for img in (grey, cmyk, load_image(path16), load_image(rotated_path)):
-        out = eval_transform(data_config("mobilenetv4_conv_small.e2400_r224_in1k"))(img)
-        assert out.shape == (3, 224, 224) and torch.isfinite(out).all()
-
-
-def test_unreadable_file_names_the_file(tmp_path):
-    bad = tmp_path / "notes.jpg"
-    bad.write_text("not an image")
-    with pytest.raises(ValueError, match=r"notes\.jpg: not a readable image"):
-        load_image(bad)
-    with pytest.raises(FileNotFoundError, match="gone.png"):
-        load_image(tmp_path / "gone.png")

@@ -1,10 +1,11 @@
 """mnv4: MobileNetV4 (Qin et al., 2024) for PyTorch -- the whole family, timm-checkpoint compatible."""
 
 from .factory import create_model, list_models
+from .imagenet import imagenet_classes
+from .images import load_image
 from .model import MobileNetV4
-from .predict import imagenet_classes
 from .specs import MODEL_SPECS, ModelSpec
-from .transforms import DataConfig, data_config, eval_transform, load_image
+from .transforms import DataConfig, data_config, eval_transform
 from .weights import list_pretrained
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
-"""The MobileNetV4 blocks: plain conv, FusedIB, Universal Inverted Bottleneck and Mobile MQA (spec §2).
+"""The MobileNetV4 blocks: plain conv, FusedIB, Universal Inverted Bottleneck and Mobile MQA (paper §4-5).
 
 Each block is a small ``nn.Module`` whose attribute names match timm's MNv4 modules, so released checkpoints load
-strictly. Semantics follow the TF Model Garden and timm code where they differ from the paper text (spec §2.1, §11).
+strictly. Semantics follow the TF Model Garden and timm code where they differ from the paper text (e.g. Conv-S's
+two "FusedIB" rows of paper Tab. 11 are four conv + BN + act layers in both code bases).
 """
 
 from __future__ import annotations
@@ -12,33 +13,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .layers import BatchNormAct2d, ConvNormAct, LayerScale2d, conv2d, make_divisible, make_downsample, make_drop_path
 
 ATTENTION_IMPLS = ("sdpa", "math")
 
 
 class ConvBlock(nn.Module):
-    """Plain conv + BN + act, no residual: the stem-like rows of Conv-S and the final 1x1 -> 960 layer (spec §2.1)."""
+    """Plain conv + BN + act, no residual: the stem-like rows of Conv-S and the final 1x1 -> 960 layer (TF
+    ``Conv2DBNBlock``, timm ``ConvBnAct``)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, act: str = "relu", aa: str | None = None):
         super().__init__()
         use_aa = aa is not None and stride > 1
         self.conv = conv2d(in_ch, out_ch, kernel, 1 if use_aa else stride)
         self.bn1 = BatchNormAct2d(out_ch, act)
-        if use_aa:
-            self.aa = make_downsample(aa, out_ch)
+        self.aa = make_downsample(aa, out_ch) if use_aa else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn1(self.conv(x))
-        aa = getattr(self, "aa", None)
-        return aa(x) if aa is not None else x
+        return self.aa(self.bn1(self.conv(x)))
 
 
 class FusedIB(nn.Module):
     """FusedIB: a full k x k conv expanding to in*e channels (BN + act), then a linear 1x1 projection (BN).
 
     The residual exists only for stride 1 and in == out, which never happens in MNv4 (its FusedIB is strided), hence
-    no drop path or layer scale here (spec §2.2).
+    no drop path or layer scale here (paper §4; TF ``InvertedBottleneckBlock`` without depthwise, timm
+    ``EdgeResidual``).
     """
 
     def __init__(
@@ -58,24 +59,20 @@ class FusedIB(nn.Module):
         self.has_skip = stride == 1 and in_ch == out_ch
         self.conv_exp = conv2d(in_ch, mid_ch, kernel, 1 if use_aa else stride)
         self.bn1 = BatchNormAct2d(mid_ch, act)
-        if use_aa:
-            self.aa = make_downsample(aa, mid_ch)
+        self.aa = make_downsample(aa, mid_ch) if use_aa else nn.Identity()
         self.conv_pwl = conv2d(mid_ch, out_ch, 1)
         self.bn2 = BatchNormAct2d(out_ch, None)
         self.drop_path = make_drop_path(drop_path if self.has_skip else 0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        x = self.bn1(self.conv_exp(x))
-        aa = getattr(self, "aa", None)
-        if aa is not None:
-            x = aa(x)
+        x = self.aa(self.bn1(self.conv_exp(x)))
         x = self.bn2(self.conv_pwl(x))
         return self.drop_path(x) + shortcut if self.has_skip else x
 
 
 class UniversalInvertedBottleneck(nn.Module):
-    """The Universal Inverted Bottleneck (paper §4, Fig. 4; spec §2.3).
+    """The Universal Inverted Bottleneck (paper §4, Fig. 4; TF ``UniversalInvertedBottleneckBlock``).
 
     start DW (K1, BN, no act) -> 1x1 expand (BN + act) -> middle DW (K2, BN + act) -> 1x1 project (BN)
     -> layer scale -> drop path -> + input (when stride 1 and in == out).
@@ -84,6 +81,8 @@ class UniversalInvertedBottleneck(nn.Module):
     ExtraDW (both), IB (middle only), ConvNext (start only) and FFN (neither). A strided block puts its stride on the
     middle DW when there is one, else on the start DW (TF ``middle_dw_downsample=True``).
     """
+
+    __jit_unused_properties__ = ["kind"]  # TorchScript compiles properties; this one is for Python callers only
 
     def __init__(
         self,
@@ -100,7 +99,7 @@ class UniversalInvertedBottleneck(nn.Module):
     ):
         super().__init__()
         if stride > 1 and not (start_dw or mid_dw):
-            raise ValueError("a strided UIB needs a start or middle depthwise conv to carry the stride (FFN can't)")
+            raise UserError("a strided UIB needs a start or middle depthwise conv to carry the stride (FFN can't)")
         self.has_skip = stride == 1 and in_ch == out_ch
         mid_ch = make_divisible(in_ch * expand)
         if start_dw:
@@ -153,6 +152,8 @@ class MultiQueryAttention2d(nn.Module):
     for exporters and runtimes that do not take SDPA).
     """
 
+    __jit_unused_properties__ = ["impl"]  # forward reads ``_impl``; the validating property is for Python callers
+
     def __init__(
         self,
         channels: int,
@@ -176,7 +177,8 @@ class MultiQueryAttention2d(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # timm's "ix" weights: Xavier-uniform projections and K/V down-convs (spec §2.6), for hybrid stability.
+        # timm's "ix" weights: Xavier-uniform projections and K/V down-convs (timm MultiQueryAttention2d.init_weights:
+        # "appeared to improve stability for mobilenetv4 hybrid").
         for branch in (self.query, self.key, self.value, self.output):
             for m in branch.modules():
                 if isinstance(m, nn.Conv2d):
@@ -189,7 +191,7 @@ class MultiQueryAttention2d(nn.Module):
     @impl.setter
     def impl(self, value: str) -> None:
         if value not in ATTENTION_IMPLS:
-            raise ValueError(f"unknown attention impl {value!r}; expected one of {ATTENTION_IMPLS}")
+            raise UserError(f"unknown attention impl {value!r}; expected one of {ATTENTION_IMPLS}")
         self._impl = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +222,8 @@ class MultiQueryAttention2d(nn.Module):
 
 
 class MobileMQA(nn.Module):
-    """Mobile MQA block (paper §5; spec §2.4): BN pre-norm -> multi-query attention -> layer scale -> drop path -> +x.
+    """Mobile MQA block (paper §5; timm ``MobileAttention``): BN pre-norm -> multi-query attention -> layer scale
+    -> drop path -> + x.
 
     No activation anywhere in the block and no bias in the attention (TF/timm ``use_bias=False``).
     """

@@ -23,9 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+# Files, decoding and folder layout are mnv4.images' (the one loader and scanner of every path); re-exported here.
+from .images import IMAGE_EXTENSIONS as IMG_EXTENSIONS  # noqa: F401
+from .images import DecodeError, scan_image_folder, to_rgb
+from .images import load_image as load_rgb
+
 log = logging.getLogger("mnv4.data")
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 JPEG_MAGIC = b"\xff\xd8"
 # Domain tags so the data order and the augmentation of the same epoch draw from unrelated streams.
 ORDER_STREAM, AUG_STREAM = 1, 2
@@ -44,61 +48,6 @@ def mix_seed(*parts: int) -> int:
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
         state = z ^ (z >> 31)
     return state >> 1
-
-
-# --------------------------------------------------------------------------------------------- files
-def scan_image_folder(root: str | Path) -> tuple[list[tuple[str, int]], list[str]]:
-    """``root/<class>/<image>`` -> sorted ``[(path, label)]`` and the sorted class names (torchvision's layout)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {str(root)!r} does not exist (expected {root}/<class>/<image>.jpg)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise ValueError(f"{str(root)!r} has no class sub-folders; expected {root}/<class>/<image>.jpg")
-    samples = []
-    for label, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.suffix.lower() in IMG_EXTENSIONS and path.is_file():
-                samples.append((str(path), label))
-    if not samples:
-        raise ValueError(f"{str(root)!r} has class folders but no images with extensions {IMG_EXTENSIONS}")
-    return samples, classes
-
-
-class DecodeError(Exception):
-    """A file that is not a decodable image (corrupt, truncated, not an image)."""
-
-
-def to_rgb(image):
-    """Any PIL image -> 8-bit RGB: greyscale and CMYK converted, alpha composited on white, 16-bit and float
-    images rescaled to 8 bits (PIL's own 'I;16' -> 'RGB' conversion clips everything above 255 to white)."""
-    from PIL import Image
-
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = float(array.max()) if array.size else 0.0
-        if image.mode == "F":
-            scale = 255.0 if peak <= 1.0 else 255.0 / max(peak, 1e-12)
-        else:
-            scale = 255.0 / 65535.0 if peak > 255 else 1.0
-        image = Image.fromarray((array * scale).clip(0, 255).round().astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
-
-
-def load_rgb(path: str | Path):
-    """Decode an image file to an 8-bit RGB PIL image, or raise ``DecodeError`` saying why."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()  # forces the full decode: truncated files fail here, not later in a transform
-            return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
-        raise DecodeError(f"{type(err).__name__}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------- transforms
@@ -127,7 +76,7 @@ def train_transform(size: int, cfg) -> object:
 
 
 def val_transform(size: int, cfg) -> object:
-    """Resize the short side to ``size / crop_pct``, centre-crop ``size`` (the ImageNet protocol, ecosystem §3.4)."""
+    """Resize the short side to ``size / crop_pct``, centre-crop ``size`` (the ImageNet protocol, docs/weights.md)."""
     from torchvision.transforms import v2
 
     resize = int(math.floor(size / cfg.crop_pct + 1e-6))

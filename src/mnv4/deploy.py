@@ -23,13 +23,18 @@ inference: there is no BatchNorm left to train.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from .blocks import ConvBlock, FusedIB, MobileMQA, MultiQueryAttention2d, UniversalInvertedBottleneck
 from .layers import BatchNormAct2d, ConvNormAct, LayerScale2d
-from .model import MobileNetV4
+
+# deploy() works on a MobileNetV4 and returns the same type; the model module imports this one (``model.fuse``), so
+# this module knows the model by its parts (conv_stem, bn1, blocks, head) rather than by importing its class.
+Model = TypeVar("Model", bound=nn.Module)
+MODEL_PARTS = ("conv_stem", "bn1", "blocks", "features_only")
 
 
 class ChannelAffine(nn.Module):
@@ -156,7 +161,7 @@ def is_deployed(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def deploy(model: MobileNetV4, *, channels_last: bool = False, inplace: bool = False) -> MobileNetV4:
+def deploy(model: Model, *, channels_last: bool = False, inplace: bool = False) -> Model:
     """An inference copy of ``model`` with every BatchNorm and layer scale folded away (see the module docstring).
 
     Args:
@@ -169,7 +174,7 @@ def deploy(model: MobileNetV4, *, channels_last: bool = False, inplace: bool = F
     Returns the deployed model in eval mode. Calling it on an already deployed model is a no-op (apart from
     ``channels_last``).
     """
-    if not isinstance(model, MobileNetV4):
+    if not (isinstance(model, nn.Module) and all(hasattr(model, part) for part in MODEL_PARTS)):
         raise TypeError(f"deploy() takes a mnv4 MobileNetV4, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
@@ -182,8 +187,10 @@ def deploy(model: MobileNetV4, *, channels_last: bool = False, inplace: bool = F
                 _fold_block(block)
         if not model.features_only:
             # global_pool -> conv_head (1x1, no bias) -> norm_head: the BN is on the conv's output, so it folds.
-            fold_bn_into_conv(model.conv_head, model.norm_head)
-            model.norm_head = _bn_activation(model.norm_head)
+            # (A model pruned by prune_intermediate_layers has no head left: Identity modules.)
+            if isinstance(model.norm_head, nn.BatchNorm2d):
+                fold_bn_into_conv(model.conv_head, model.norm_head)
+                model.norm_head = _bn_activation(model.norm_head)
             model.drop_rate = 0.0
     for m in model.modules():
         if isinstance(m, nn.Dropout):  # none in MobileNetV4 today; cheap insurance for subclasses

@@ -1,96 +1,63 @@
 """The ImageNet evaluation loop as a library function: top-1 / top-5 and throughput on a labelled image folder.
 
-Two layouts:
-- ImageFolder: ``DIR/<class>/<image>``; classes are the sorted sub-folder names, so the ImageNet synset folders
-  (``n01440764`` ...) get the standard class indices;
-- ImageNet val layout: a flat ``DIR`` of images plus a label file, one ``filename label`` per line (whitespace or a
-  comma between them, ``label`` the 0-based class index; blank lines and lines starting with ``#`` are skipped).
+The folder layouts, and which model output a class folder is, are ``mnv4.images``': an ImageFolder (ImageNet synset
+folders get their ImageNet indices, also for a subset of the 1000) or the ImageNet val layout (a flat folder plus a
+label file). The preprocessing is ``eval_transform(data_config(model))``, the tag's protocol.
 
-Always report the resolution and crop next to the accuracy (ecosystem §3.4): the result carries them.
+Nothing is silently wrong:
+- an image that cannot be decoded is skipped, logged (one line: file and reason) and counted, and the accuracy is
+  over the images scored (``EvalConfig.strict`` stops at the first one instead). In worker processes it is caught
+  as well, so no worker dies with a traceback;
+- an image whose logits are not finite (NaN/inf: broken weights, or float16 overflow under ``amp``) counts as wrong
+  and is counted in ``EvalResult.nonfinite``: a model that outputs NaN cannot get a plausible-looking top-1.
+
+Always report the resolution and crop next to the accuracy (the same weights score 0.4-1.1 points apart at a tag's
+train and test size, docs/weights.md): the result carries them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .transforms import DataConfig, data_config, eval_transform, load_image
+from .errors import UserError
+from .images import DecodeError, ImageSet, load_image, read_label_file, scan_images  # noqa: F401 (re-exported)
+from .transforms import DataConfig, data_config, eval_transform
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".jfif")
+log = logging.getLogger("mnv4.evaluate")
 
 
-class LabelFileDataset(Dataset):
-    """A flat folder of images with a ``filename label`` file (the ImageNet val layout)."""
+class LabelledImages(Dataset):
+    """Images with their targets through ``transform``. Item ``i`` is ``(tensor, target, None)``, or
+    ``(None, target, DecodeError)`` for a file that cannot be decoded: the error travels back from a worker process
+    as data, for the main process to report."""
 
-    def __init__(self, root: str | os.PathLike, label_file: str | os.PathLike, transform: Callable | None = None):
-        self.root, self.transform = Path(root), transform
-        self.samples = read_label_file(label_file)
-        missing = [name for name, _ in self.samples if not (self.root / name).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} file(s) named in {label_file} are not in {self.root}: {', '.join(missing[:3])}"
-            )
+    def __init__(self, paths: Sequence[os.PathLike | str], targets: Sequence[int], transform: Callable):
+        self.paths, self.targets, self.transform = list(paths), list(targets), transform
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.paths)
 
     def __getitem__(self, i: int):
-        name, label = self.samples[i]
-        img = load_image(self.root / name)
-        return (self.transform(img) if self.transform else img), label
+        try:
+            return self.transform(load_image(self.paths[i])), self.targets[i], None
+        except DecodeError as err:
+            return None, self.targets[i], err
 
 
-def read_label_file(path: str | os.PathLike) -> list[tuple[str, int]]:
-    """``[(filename, class_index), ...]`` from a ``filename label`` text file; a malformed line raises one error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label file {str(path)!r} does not exist")
-    samples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.replace(",", " ").split()
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
-            raise ValueError(
-                f"{path}:{n}: expected 'filename label' with a 0-based class index, got {line[:80]!r}"
-            )
-        samples.append((parts[0], int(parts[1])))
-    if not samples:
-        raise ValueError(f"label file {path} lists no images")
-    return samples
-
-
-def is_image_file(path: str) -> bool:
-    return path.lower().endswith(IMAGE_SUFFIXES)
-
-
-def build_dataset(root: str | os.PathLike, transform: Callable, label_file: str | os.PathLike | None = None):
-    """An ImageFolder of ``root``, or with ``label_file`` the flat ImageNet-val layout."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
-    if label_file is not None:
-        return LabelFileDataset(root, label_file, transform)
-    if not any(p.is_dir() for p in root.iterdir()):
-        raise ValueError(
-            f"{root} has no class sub-folders. Use the ImageFolder layout ({root}/<class>/<image>) or, for the "
-            f"ImageNet val layout (one flat folder), pass a label file with one 'filename label' line per image"
-        )
-    from torchvision.datasets import ImageFolder
-
-    try:
-        return ImageFolder(str(root), transform=transform, loader=load_image, is_valid_file=is_image_file)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{root}: {err}") from None
+def collate_labelled(batch) -> tuple[torch.Tensor | None, torch.Tensor, list[DecodeError]]:
+    """Stack the decoded images and their targets; set aside the errors of the others."""
+    good = [(x, t) for x, t, err in batch if err is None]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, torch.tensor([t for _, t in good], dtype=torch.long), [err for _, _, err in batch if err]
 
 
 @dataclass(frozen=True)
@@ -103,19 +70,20 @@ class EvalConfig:
     amp: bool = False  # autocast: float16 on CUDA, bfloat16 on CPU
     channels_last: bool = False
     progress: bool = True
+    strict: bool = False  # stop at the first image that cannot be decoded instead of skipping it
 
     def __post_init__(self):
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise UserError(f"workers must be >= 0, got {self.workers}")
 
 
 @dataclass
 class EvalResult:
-    top1: float  # percent
+    top1: float  # percent of the images scored
     top5: float  # percent (top-k with k = min(5, num_classes))
-    images: int
+    images: int  # scored: decoded and run through the model
     seconds: float
     images_per_s: float  # whole loop: decoding + preprocessing + model
     img_size: int
@@ -127,62 +95,96 @@ class EvalResult:
     amp: bool
     channels_last: bool
     device: str
+    nonfinite: int = 0  # scored images whose logits were NaN/inf (counted as wrong)
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of each image that could not be decoded
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def summary(self) -> str:
+        notes = [f"{self.images} images", f"{self.images_per_s:.1f} images/s"]
+        if self.skipped:
+            notes.append(f"{len(self.skipped)} unreadable skipped")
+        if self.nonfinite:
+            notes.append(f"{self.nonfinite} with non-finite logits counted as wrong")
         return (
             f"top-1 {self.top1:.3f}  top-5 {self.top5:.3f}  @ {self.img_size} px, crop_pct {self.crop_pct:g}, "
-            f"{self.interpolation}  ({self.images} images, {self.images_per_s:.1f} images/s)"
+            f"{self.interpolation}  ({', '.join(notes)})"
         )
+
+
+def labelled_dataset(
+    model: nn.Module, data: str | os.PathLike | ImageSet, transform: Callable,
+    label_file: str | os.PathLike | None = None, class_names: Sequence[str] | None = None,
+) -> LabelledImages:
+    """``data`` (a folder, or an ``ImageSet`` already scanned) with targets for ``model``'s outputs."""
+    images = data if isinstance(data, ImageSet) else scan_images(data, label_file)
+    for note in images.ignored:
+        log.warning("ignored %s", note)
+    return LabelledImages(images.paths, images.targets(model.num_classes, class_names), transform)
 
 
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    data: str | os.PathLike | Dataset,
+    data: str | os.PathLike | ImageSet | Dataset,
     cfg: DataConfig | None = None,
     run: EvalConfig | None = None,
     label_file: str | os.PathLike | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Top-1 / top-5 of ``model`` on ``data`` (a folder, see the module doc, or a Dataset of (tensor, label)),
-    preprocessed with ``cfg`` (default: the model's ``data_config``)."""
+    """Top-1 / top-5 of ``model`` on ``data``, preprocessed with ``cfg`` (default: the model's ``data_config``).
+
+    ``data``: a folder (see the module doc; ``label_file`` for the ImageNet val layout), an ``ImageSet``, or any
+    Dataset of ``(tensor, label)``. ``class_names``: the model's classes in output order, to match class folders by
+    name (``mnv4.images.class_indices``)."""
     run = run or EvalConfig()
     cfg = cfg or data_config(model)
-    dataset = data if isinstance(data, Dataset) else build_dataset(data, eval_transform(cfg), label_file)
     num_classes = getattr(model, "num_classes", 0)
     if not num_classes:
-        raise ValueError("the model has no classifier (num_classes=0 or features_only); evaluation needs one")
-    classes = getattr(dataset, "classes", None)
-    if classes is not None and len(classes) > num_classes:
-        raise ValueError(f"{len(classes)} class folders but the model has {num_classes} outputs")
+        raise UserError("the model has no classifier (num_classes=0 or features_only); evaluation needs one")
+    if isinstance(data, Dataset):
+        dataset, collate = data, None
+    else:
+        dataset, collate = labelled_dataset(model, data, eval_transform(cfg), label_file, class_names), collate_labelled
     if len(dataset) == 0:
-        raise ValueError("the dataset is empty")
+        raise UserError("the dataset is empty")
     device = torch.device(run.device)
     memory_format = torch.channels_last if run.channels_last else torch.contiguous_format
     model = model.eval().to(device, memory_format=memory_format)
     loader = DataLoader(
-        dataset, batch_size=run.batch_size, shuffle=False, num_workers=run.workers,
+        dataset, batch_size=run.batch_size, shuffle=False, num_workers=run.workers, collate_fn=collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     k = min(5, num_classes)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    correct1 = correct5 = seen = 0
+    correct1 = correct5 = seen = nonfinite = 0
+    skipped: list[str] = []
     from tqdm import tqdm
 
     bar = tqdm(total=len(dataset), unit="img", disable=not run.progress, desc="eval")
     start = time.perf_counter()
-    for images, target in loader:
+    for batch in loader:
+        images, target, failed = batch if collate else (*batch, [])
+        for err in failed:
+            if run.strict:
+                raise err
+            log.warning("skipped %s", err)
+            skipped.append(str(err))
+        bar.update(len(failed))
+        if images is None:
+            continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         target = target.to(device)
-        if int(target.max()) >= num_classes:
-            raise ValueError(f"label {int(target.max())} is out of range for a {num_classes}-class model")
+        if int(target.max()) >= num_classes:  # a Dataset of the caller's (folders are checked before the loop)
+            raise UserError(f"label {int(target.max())} is out of range for a {num_classes}-class model")
         with torch.autocast(device.type, dtype=amp_dtype, enabled=run.amp):
-            logits = model(images)
-        hits = logits.float().topk(k, dim=-1).indices == target[:, None]
+            logits = model(images).float()
+        finite = torch.isfinite(logits).all(dim=-1)
+        hits = (logits.topk(k, dim=-1).indices == target[:, None]) & finite[:, None]
         correct1 += int(hits[:, 0].sum())
         correct5 += int(hits.any(dim=-1).sum())
+        nonfinite += int((~finite).sum())
         seen += len(target)
         bar.update(len(target))
         bar.set_postfix(top1=f"{100 * correct1 / seen:.2f}")
@@ -190,6 +192,13 @@ def evaluate(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     bar.close()
+    if not seen:
+        raise UserError(f"none of the {len(dataset)} images could be decoded (first: {skipped[0]})")
+    if nonfinite:
+        log.warning(
+            "%d of %d images gave non-finite logits (NaN/inf) and count as wrong: the model's weights or inputs are "
+            "broken%s", nonfinite, seen, " (or float16 overflowed under --amp: try without)" if run.amp else "",
+        )
     return EvalResult(
         top1=100.0 * correct1 / seen,
         top5=100.0 * correct5 / seen,
@@ -205,4 +214,6 @@ def evaluate(
         amp=run.amp,
         channels_last=run.channels_last,
         device=str(device),
+        nonfinite=nonfinite,
+        skipped=skipped,
     )

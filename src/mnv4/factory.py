@@ -1,4 +1,4 @@
-"""``create_model`` / ``list_models``: the entry points, in timm's conventions (ecosystem §3.1)."""
+"""``create_model`` / ``list_models``: the entry points, with timm's names and arguments (``timm.create_model``)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ def create_model(
     drop_rate: float = 0.0,
     drop_path_rate: float = 0.0,
     features_only: bool = False,
-    out_indices: Sequence[int] | None = None,
+    out_indices: int | Sequence[int] | None = None,
     attn_impl: str = "sdpa",
     use_ema: bool = True,
+    global_pool: str = "avg",
+    feature_cls: str | None = None,
 ) -> MobileNetV4:
     """Build a MobileNetV4 variant by name (``mnv4.list_models()``), ``variant.tag`` (``mnv4.list_pretrained()``),
     spec file (``*.json``, e.g. from ``mnv4 search``) or ``ModelSpec``.
@@ -40,15 +42,21 @@ def create_model(
     different number drops the checkpoint's classifier and initialises a new one (one logged message).
 
     ``features_only=True`` gives a model whose forward returns the feature maps at ``out_indices`` of the 5 levels
-    (reductions 2, 4, 8, 16, 32), with ``model.feature_info.channels()`` / ``.reduction()``.
+    (reductions 2, 4, 8, 16, 32), shallow to deep, as a list or (``feature_cls='dict'``) an ``OrderedDict`` keyed by
+    level number (``'0'``..``'4'``); ``model.feature_info`` describes them (timm's dicts: ``num_chs``,
+    ``reduction``, ``module``, ``index``, ``stage``; ``.channels()`` / ``.reduction()``).
 
-    ``model.pretrained_cfg`` holds the preprocessing of the tag (``mnv4.data_config(model)`` reads it); without a
-    tag, that of the variant's default tag, as timm does.
+    ``global_pool``: ``'avg'`` (trained), ``'max'``, or ``''`` with ``num_classes=0``: the head runs unpooled and the
+    model returns ``(B, 1280, H/32, W/32)`` (timm's behaviour for its MobileNetV3/V4 class).
+
+    ``model.pretrained_cfg`` (also ``model.default_cfg``) holds the tag's config with timm's fields (``input_size``,
+    ``pool_size``, ``mean``, ...; ``mnv4.data_config(model)`` reads it); without a tag, that of the variant's
+    default tag, as timm does. A ``features_only`` model's has no ``num_classes`` / ``classifier`` (as timm's).
     """
     from . import weights
 
     if isinstance(pretrained, (int, float)) and not isinstance(pretrained, bool):
-        raise ValueError(
+        raise UserError(
             f"pretrained must be True/False or a path to a weights file, got {pretrained!r}; "
             "pass num_classes by keyword: create_model(name, num_classes=...)"
         )
@@ -85,8 +93,11 @@ def create_model(
         features_only=features_only,
         out_indices=out_indices,
         attn_impl=attn_impl,
+        global_pool=global_pool,
+        feature_cls=feature_cls,
     )
-    model.pretrained_cfg = tag.to_cfg() if tag is not None else weights.default_cfg(spec)
+    cfg = tag.to_cfg() if tag is not None else weights.default_cfg(spec)
+    model.pretrained_cfg = weights.cfg_for_features(cfg) if features_only else cfg
     model.pretrained_cfg["weights"] = source  # None: random init
     if state_dict is not None:
         weights.load_weights(model, state_dict, source)

@@ -7,35 +7,60 @@ Layout and names follow timm's MobileNetV3/V4 class so its checkpoints load stri
 Two widths, as in timm (and two timm issues, #2228 / #2290, from users who mixed them up):
 - ``num_features`` = 960: channels of the unpooled map from ``forward_features``;
 - ``head_hidden_size`` = 1280: width of the pooled vector from ``forward_head(x, pre_logits=True)``.
+
+The forward pass compiles with ``torch.jit.script``, traces with ``torch.jit.trace``, ``torch.fx`` (and torchvision's
+``create_feature_extractor``), ``torch.export`` and the ONNX exporters. The input checks that turn a wrong tensor into
+one clear error run in eager mode (and inside an FX ``GraphModule``) and are invisible to every compiler: they sit
+in ``check_image_batch``, which FX keeps as one opaque call and the others skip.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .blocks import ATTENTION_IMPLS, ConvBlock, FusedIB, MobileMQA, MultiQueryAttention2d, UniversalInvertedBottleneck
+from .deploy import deploy
+from .errors import UserError
 from .layers import BatchNormAct2d, conv2d, init_weights_goog, make_divisible
 from .specs import MIN_INPUT_SIZE, MQA, UIB, Conv, ModelSpec, Row
 from .specs import FusedIB as FusedIBRow
 
+# Global pooling before the head: timm's pool types whose output keeps ``num_features`` channels (the head conv is
+# sized for them); '' = none: the head's 1x1 conv, BN and activation run on the unpooled map (timm's behaviour).
+GLOBAL_POOLS = ("avg", "max", "")
+# What a features_only model returns: a list of maps (timm's default) or an OrderedDict keyed by level ("0".."4").
+FEATURE_CLASSES = ("list", "dict")
 
-@dataclass(frozen=True)
-class FeatureLevel:
-    """One pyramid level: ``index`` is its position in ``forward_intermediates`` (0 = stem, i = after blocks[i-1])."""
 
-    index: int
-    module: str
-    num_chs: int
-    reduction: int
+class FeatureLevel(dict):
+    """One pyramid level, as timm describes it: a dict, whose keys also read as attributes (``level.num_chs``).
+
+    ``index``: the level number (0-4) that ``out_indices`` and ``forward_intermediates(indices=...)`` refer to;
+    ``stage``: where the map is taken in the forward pass (0 = stem, i = after ``blocks[i - 1]``; timm's ``stage``);
+    ``module``: the module whose output it is (a valid ``return_nodes`` name for torchvision's
+    ``create_feature_extractor``); ``num_chs``: channels; ``reduction``: stride with respect to the input.
+    """
+
+    def __init__(self, index: int, stage: int, module: str, num_chs: int, reduction: int):
+        super().__init__(index=index, stage=stage, module=module, num_chs=num_chs, reduction=reduction)
+
+    def __getattr__(self, key: str):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"feature level has no {key!r}; its keys: {', '.join(self)}") from None
 
 
 class FeatureInfo(list):
-    """The feature levels (a list of ``FeatureLevel``) with timm's accessors."""
+    """The feature levels (a list of ``FeatureLevel`` dicts) with timm's accessors.
+
+    ``timm.models.FeatureInfo(model.feature_info, out_indices)`` takes it as it takes timm's own list.
+    """
 
     def channels(self) -> list[int]:
         return [f.num_chs for f in self]
@@ -47,6 +72,75 @@ class FeatureInfo(list):
         return [f.module for f in self]
 
 
+# ---------------------------------------------------------------------------------------------------- input checks
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_error(x: torch.Tensor, expected: torch.dtype, name: str) -> str | None:
+    """What is wrong with the input's dtype, or None. Under autocast any float input is fine (autocast casts it)."""
+    if x.dtype == expected:
+        return None
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        return None
+    got, want = _dtype_name(x.dtype), _dtype_name(expected)
+    if not x.is_floating_point():
+        hint = (
+            "images as integers? Preprocess them with mnv4.eval_transform(mnv4.data_config(model)), or use "
+            "x.float() / 255 and normalise with the model's mean/std"
+        )
+    else:
+        hint = f"cast the input (x.to(torch.{want})) or the model (model.to(torch.{got})), or run under torch.autocast"
+    return f"{name} expects {want} input like its weights, got {got}: {hint}"
+
+
+def _raise_input_errors(
+    x: torch.Tensor, in_chans: int, dtype: torch.dtype, name: str, native: int, pooled_batch_stats: bool
+) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise UserError(f"{name} takes a torch.Tensor image batch (N, C, H, W), got a {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " (one image? add the batch dimension: x.unsqueeze(0))" if x.ndim == 3 else ""
+        raise UserError(f"expected a 4-D NCHW image batch, got a tensor of shape {tuple(x.shape)}{hint}")
+    if x.shape[1] != in_chans:
+        hint = " (an NHWC tensor? use x.permute(0, 3, 1, 2))" if x.shape[-1] == in_chans else ""
+        raise UserError(
+            f"{name} expects {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}){hint}; "
+            f"create the model with in_chans={x.shape[1]} if intended"
+        )
+    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+        raise UserError(
+            f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {MIN_INPUT_SIZE} px; MobileNetV4 downsamples by 32, "
+            f"so resize the image to at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} (native: {native})"
+        )
+    problem = _dtype_error(x, dtype, name)
+    if problem:
+        raise UserError(problem)
+    if pooled_batch_stats and x.shape[0] == 1:
+        raise UserError(
+            "batch size 1 in train mode: the head's BatchNorm (norm_head) sits after global pooling, so it sees one "
+            "value per channel and cannot compute batch statistics. Use a batch of >= 2, or call model.eval() for "
+            "inference"
+        )
+
+
+@torch.fx.wrap
+def check_image_batch(
+    x: torch.Tensor, in_chans: int, dtype: torch.dtype, name: str, native: int, pooled_batch_stats: bool
+) -> torch.Tensor:
+    """``x`` unchanged, after raising one ``UserError`` if it cannot be this model's input (eager mode only).
+
+    ``torch.fx.wrap`` makes FX record this call as one node instead of tracing into it, so a traced ``GraphModule``
+    still checks its real inputs; TorchScript never compiles the checks (static ``is_scripting`` branch), and
+    ``torch.jit.trace`` / ``torch.export`` / the ONNX exporters skip them (their inputs are example tensors).
+    """
+    if not torch.jit.is_scripting():
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            _raise_input_errors(x, in_chans, dtype, name, native, pooled_batch_stats)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------- building
 def _round_width(channels: int, width: float) -> int:
     return channels if width == 1.0 else make_divisible(channels * width)
 
@@ -67,18 +161,82 @@ def _build_block(
         return block, out_ch
     if isinstance(row, MQA):
         if out_ch != in_ch:
-            raise ValueError(f"a Mobile MQA row must keep the width ({in_ch} -> {out_ch} in {spec.name})")
+            raise UserError(f"a Mobile MQA row must keep the width ({in_ch} -> {out_ch} in {spec.name})")
         block = MobileMQA(in_ch, row.heads, row.head_dim, row.kv_stride, 3, spec.layer_scale, drop_path, attn_impl)
         return block, out_ch
     raise TypeError(f"unknown row type {type(row).__name__}")
 
 
 def _check_rate(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise UserError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise UserError(f"num_classes must be a non-negative int, got {num_classes!r}")
+    return num_classes
+
+
+def _make_global_pool(pool_type: str) -> nn.Module:
+    if pool_type == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if pool_type == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    if pool_type == "":
+        return nn.Identity()
+    raise UserError(
+        f"global_pool must be one of {GLOBAL_POOLS} ('' = no pooling: the head runs on the unpooled map), got "
+        f"{pool_type!r}"
+    )
+
+
+def _levels_of(spec: ModelSpec, stem_ch: int, stage_channels: list[int]) -> list[FeatureLevel]:
+    """The 5 pyramid levels: the stem, then the end of every stage after which the next one downsamples, and the
+    last stage (timm's feature_info for these models)."""
+    levels = [FeatureLevel(0, 0, "bn1", stem_ch, 2)]
+    reduction = 2
+    for stage_idx, stage_rows in enumerate(spec.stages):
+        for row in stage_rows:
+            reduction *= row.stride
+        last = stage_idx + 1 == len(spec.stages)
+        if last or spec.stages[stage_idx + 1][0].stride > 1:
+            levels.append(
+                FeatureLevel(len(levels), stage_idx + 1, f"blocks.{stage_idx}", stage_channels[stage_idx], reduction)
+            )
+    return levels
+
+
+def resolve_levels(indices: int | Sequence[int] | None, num_levels: int, what: str) -> list[int]:
+    """Level numbers from timm's index forms: None = all, an int n = the last n, a sequence = those levels
+    (negatives count from the end). Refuses empty, repeated and out-of-order selections, so the i-th output is
+    always the i-th level asked for."""
+    if indices is None:
+        return list(range(num_levels))
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= num_levels:
+            raise UserError(f"{what}={indices}: an int means the last n levels, so it takes 1 to {num_levels}")
+        return list(range(num_levels - indices, num_levels))
+    chosen = list(indices) if isinstance(indices, Sequence) and not isinstance(indices, str) else None
+    if chosen is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in chosen):
+        raise UserError(f"{what} must be None, an int or a sequence of ints, got {indices!r}")
+    bad = [i for i in chosen if not -num_levels <= i < num_levels]
+    if bad:
+        raise UserError(f"{what}={tuple(chosen)}: level {bad[0]} does not exist; the {num_levels} levels are "
+                        f"0-{num_levels - 1} (negatives count from the end)")
+    if not chosen:
+        raise UserError(f"{what} is empty: pass at least one level (0-{num_levels - 1}), or None for all of them")
+    levels = [i % num_levels for i in chosen]
+    if any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
+        raise UserError(
+            f"{what}={tuple(chosen)} (levels {levels}): list each level once, shallow to deep, e.g. "
+            f"{tuple(sorted(set(levels)))}; the outputs come in that order"
+        )
+    return levels
+
+
+# ---------------------------------------------------------------------------------------------------- the model
 class MobileNetV4(nn.Module):
     """A MobileNetV4 classifier (or, with ``features_only=True``, a 5-level feature pyramid).
 
@@ -88,10 +246,20 @@ class MobileNetV4(nn.Module):
         in_chans: input channels (the stem conv's input).
         drop_rate: dropout before the classifier (paper: 0.3 for Conv-S, 0.2 otherwise).
         drop_path_rate: peak stochastic-depth rate, linear in block index over ``blocks`` (timm's schedule).
+        global_pool: ``"avg"`` (the trained head), ``"max"``, or ``""``: no pooling, so the head's 1x1 conv + BN +
+            act run on the unpooled map and the output is ``(B, 1280, H/32, W/32)`` (timm's behaviour; needs
+            ``num_classes=0``).
         features_only: return the feature maps of ``out_indices`` instead of logits (no head).
-        out_indices: which of the 5 levels (reductions 2, 4, 8, 16, 32) to return; negatives count from the end.
+        out_indices: which of the 5 levels (reductions 2, 4, 8, 16, 32) to return, shallow to deep; negatives count
+            from the end; an int n = the last n levels.
+        feature_cls: what a ``features_only`` model returns: ``"list"`` (default) or ``"dict"``, an ``OrderedDict``
+            keyed by level number as a string (``"0"``..``"4"``), the form torchvision's detection necks take.
         attn_impl: ``"sdpa"`` or ``"math"`` for the Mobile MQA blocks (``set_attention_impl`` changes it later).
     """
+
+    # TorchScript treats these as constants and compiles only the branches of forward that this model uses.
+    __constants__ = ("features_only", "feature_dict")
+    __jit_unused_properties__ = ["default_cfg"]
 
     def __init__(
         self,
@@ -101,22 +269,33 @@ class MobileNetV4(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         features_only: bool = False,
-        out_indices: Sequence[int] | None = None,
+        out_indices: int | Sequence[int] | None = None,
         attn_impl: str = "sdpa",
+        global_pool: str = "avg",
+        feature_cls: str | None = None,
     ):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
-        if not isinstance(in_chans, int) or in_chans < 1:
-            raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+        _check_num_classes(num_classes)
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise UserError(f"in_chans must be a positive int, got {in_chans!r}")
         if attn_impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {attn_impl!r}")
+            raise UserError(f"attn_impl must be one of {ATTENTION_IMPLS}, got {attn_impl!r}")
+        if feature_cls is not None and not features_only:
+            raise UserError("feature_cls only applies with features_only=True")
+        if features_only and (feature_cls or "list") not in FEATURE_CLASSES:
+            raise UserError(
+                f"feature_cls must be one of {FEATURE_CLASSES} (a list of maps, or an OrderedDict keyed '0'..'4'), "
+                f"got {feature_cls!r}"
+            )
+        if out_indices is not None and not features_only:
+            raise UserError("out_indices only applies with features_only=True (or use forward_intermediates)")
         self.spec = spec
         self.num_classes = num_classes if not features_only else 0
         self.in_chans = in_chans
         self.drop_rate = _check_rate("drop_rate", drop_rate)
         drop_path_rate = _check_rate("drop_path_rate", drop_path_rate)
-        self.features_only = features_only
+        self.features_only = bool(features_only)
+        self.feature_dict = features_only and feature_cls == "dict"
         self.grad_checkpointing = False
         self.pretrained_cfg: dict = {}
 
@@ -125,100 +304,117 @@ class MobileNetV4(nn.Module):
         self.conv_stem = conv2d(in_chans, stem_ch, 3, stride=2)
         self.bn1 = BatchNormAct2d(stem_ch, spec.act)
 
-        rows = spec.blocks()
-        levels = [FeatureLevel(0, "bn1", stem_ch, 2)]
-        stages, in_ch, reduction, block_idx = [], stem_ch, 2, 0
-        for stage_idx, stage_rows in enumerate(spec.stages):
+        num_blocks = sum(len(stage) for stage in spec.stages)
+        stages, stage_channels, in_ch, block_idx = [], [], stem_ch, 0
+        for stage_rows in spec.stages:
             stage = []
             for row in stage_rows:
-                rate = drop_path_rate * block_idx / len(rows)
-                block, in_ch = _build_block(row, in_ch, spec, rate, attn_impl)
+                block, in_ch = _build_block(row, in_ch, spec, drop_path_rate * block_idx / num_blocks, attn_impl)
                 stage.append(block)
-                reduction *= row.stride
                 block_idx += 1
             stages.append(nn.Sequential(*stage))
-            # A level ends where the next stage downsamples, and at the last stage (timm's feature_info).
-            last = stage_idx + 1 == len(spec.stages)
-            if last or spec.stages[stage_idx + 1][0].stride > 1:
-                levels.append(FeatureLevel(stage_idx + 1, f"blocks.{stage_idx}", in_ch, reduction))
+            stage_channels.append(in_ch)
         self.blocks = nn.Sequential(*stages)
         self.num_features = in_ch  # 960: channels of forward_features()
         self.head_hidden_size = spec.head_hidden  # 1280: pooled pre-logits width
+        self._levels = _levels_of(spec, stem_ch, stage_channels)
 
-        self.feature_info = FeatureInfo(levels)
         if features_only:
-            n = len(levels)
-            indices = tuple(range(n)) if out_indices is None else tuple(out_indices)
-            for i in indices:
-                if not isinstance(i, int) or not -n <= i < n:
-                    raise ValueError(f"out_indices must be ints in [-{n}, {n - 1}], got {out_indices!r}")
-            self.out_indices = tuple(i % n for i in indices)
-            self.feature_info = FeatureInfo(levels[i] for i in self.out_indices)
+            self.out_indices = tuple(resolve_levels(out_indices, len(self._levels), "out_indices"))
+            self.feature_info = FeatureInfo(self._levels[i] for i in self.out_indices)
+            self.pool_type = ""
         else:
-            if out_indices is not None:
-                raise ValueError("out_indices only applies with features_only=True")
-            self.global_pool = nn.AdaptiveAvgPool2d(1)
+            self.out_indices = ()
+            self.feature_info = FeatureInfo(self._levels)
+            self.pool_type = global_pool
+            self.global_pool = _make_global_pool(global_pool)
             self.conv_head = nn.Conv2d(self.num_features, self.head_hidden_size, 1, bias=False)
             self.norm_head = BatchNormAct2d(self.head_hidden_size, spec.act)
-            self.flatten = nn.Flatten(1)
+            self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+            self._check_head(global_pool, num_classes)
             self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes else nn.Identity()
-        self._levels = levels
+        # Plain lists of ints/strings for the scripted forward (TorchScript cannot read the FeatureLevel dicts).
+        self._out_stages = [self._levels[i].stage for i in self.out_indices]
+        self._out_keys = [str(i) for i in self.out_indices]
         init_weights_goog(self)
         for m in self.modules():
             if isinstance(m, MultiQueryAttention2d):
                 m.reset_parameters()
 
-    # ---------------------------------------------------------------- input checks
-    def _check_input(self, x: torch.Tensor) -> None:
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return  # static checks only in eager; exporters trace with known shapes
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D NCHW image batch, got a tensor of shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            hint = " (an NHWC tensor? use x.permute(0, 3, 1, 2))" if x.shape[-1] == self.in_chans else ""
-            raise ValueError(
-                f"{self.spec.name} expects {self.in_chans} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)}){hint}; create the model with in_chans={x.shape[1]} if intended"
-            )
-        if min(x.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(
-                f"input {x.shape[-2]}x{x.shape[-1]} is smaller than {MIN_INPUT_SIZE} px; MobileNetV4 downsamples "
-                f"by 32, so resize the image to at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
-                f"(native: {self.spec.resolution})"
-            )
-        if self.training and x.shape[0] == 1 and not self.features_only:
-            raise ValueError(
-                "batch size 1 in train mode: the head's BatchNorm (norm_head) sits after global pooling, so it "
-                "sees one value per channel and cannot compute batch statistics. Use a batch of >= 2, or call "
-                "model.eval() for inference"
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name for ``pretrained_cfg`` (the same dict)."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, cfg: dict) -> None:
+        self.pretrained_cfg = cfg
+
+    @staticmethod
+    def _check_head(pool_type: str, num_classes: int) -> None:
+        if pool_type == "" and num_classes:
+            raise UserError(
+                f"global_pool='' keeps the head's output unpooled, (B, 1280, H/32, W/32), which a {num_classes}-class "
+                "linear classifier cannot take: pass num_classes=0 (timm's form for an unpooled head), or keep "
+                "global_pool='avg'"
             )
 
     # ---------------------------------------------------------------- forward
-    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            x = check_image_batch(
+                x, self.in_chans, self.conv_stem.weight.dtype, self.spec.name, self.spec.resolution,
+                self.training and self.pool_type != "",
+            )
+        return self.bn1(self.conv_stem(x))
+
+    def _run_stages(self, x: torch.Tensor, taps: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stages 1..``last`` on the stem output ``x``; also returns the maps at stage positions ``taps`` (0 = the
+        stem output). One loop for every forward form, written so TorchScript can unroll it."""
+        maps: list[torch.Tensor] = []
+        if 0 in taps:
+            maps.append(x)
+        for i, stage in enumerate(self.blocks):
+            if i < last:
+                if not torch.jit.is_scripting() and self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(stage, x, use_reentrant=False)
+                else:
+                    x = stage(x)
+                if i + 1 in taps:
+                    maps.append(x)
+        return x, maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled features: (B, num_features=960, H/32, W/32)."""
-        self._check_input(x)
-        x = self.bn1(self.conv_stem(x))
-        for stage in self.blocks:
-            x = self._run_stage(stage, x)
+        no_taps: list[int] = []
+        x, _ = self._run_stages(self._stem(x), no_taps, len(self.blocks))
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool -> 1x1 conv 1280 + BN + act -> dropout -> classifier. ``pre_logits``: the 1280-d vector."""
+        """Pool -> 1x1 conv 1280 + BN + act -> dropout -> classifier. ``pre_logits``: the 1280-d vector (with
+        ``global_pool=''``: the unpooled (B, 1280, h, w) map)."""
         if self.features_only:
-            raise RuntimeError("this model was created with features_only=True and has no head")
+            raise UserError("this model was created with features_only=True and has no head")
         x = self.flatten(self.norm_head(self.conv_head(self.global_pool(x))))
         if self.drop_rate > 0.0:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.classifier(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def _forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        _, maps = self._run_stages(self._stem(x), self._out_stages, self._out_stages[-1])
+        return maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor] | dict[str, torch.Tensor]:
+        """Logits (B, num_classes); with ``features_only``, the maps of ``out_indices`` as a list or (``feature_cls
+        ='dict'``) an ``OrderedDict`` keyed ``"0"``..``"4"`` by level."""
         if self.features_only:
-            return self.forward_intermediates(x, indices=list(self.out_indices), intermediates_only=True)
+            maps = self._forward_pyramid(x)
+            if self.feature_dict:
+                named: dict[str, torch.Tensor] = OrderedDict()
+                for i, fmap in enumerate(maps):  # (TorchScript has no zip(strict=...))
+                    named[self._out_keys[i]] = fmap
+                return named
+            return maps
         return self.forward_head(self.forward_features(x))
 
     def forward_intermediates(
@@ -232,98 +428,87 @@ class MobileNetV4(nn.Module):
     ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Feature maps of the 5 pyramid levels (timm's API).
 
-        ``indices``: None = all levels, an int n = the last n, a sequence = those levels (negatives from the end).
-        Returns the list, or ``(final_features, list)`` unless ``intermediates_only``. ``norm`` is accepted for API
-        compatibility: MobileNetV4 has no final norm layer, so it changes nothing.
+        ``indices``: None = all levels, an int n = the last n, a sequence = those levels shallow to deep (negatives
+        from the end). Returns the list, or ``(final_features, list)`` unless ``intermediates_only``. ``norm`` is
+        accepted for API compatibility: MobileNetV4 has no final norm layer, so it changes nothing.
         """
         if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+            raise UserError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         if stop_early and not intermediates_only:
-            raise ValueError("stop_early=True needs intermediates_only=True")
-        take = self._take_indices(indices)
-        wanted = {self._levels[i].index for i in take}
-        self._check_input(x)
-        x = self.bn1(self.conv_stem(x))
-        out = [x] if 0 in wanted else []
-        last = max(wanted) if stop_early else len(self.blocks)
-        for i, stage in enumerate(self.blocks[:last], start=1):
-            x = self._run_stage(stage, x)
-            if i in wanted:
-                out.append(x)
-        return out if intermediates_only else (x, out)
-
-    def _take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
-        n = len(self._levels)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices}: the last-n form takes 1 to {n}")
-            return list(range(n - indices, n))
-        out = []
-        for i in indices:
-            if not -n <= i < n:
-                raise ValueError(f"feature index {i} out of range for {n} levels")
-            out.append(i % n)
-        return sorted(out)
+            raise UserError("stop_early=True needs intermediates_only=True")
+        taps = [self._levels[i].stage for i in resolve_levels(indices, len(self._levels), "indices")]
+        last = max(taps) if stop_early else len(self.blocks)
+        x, maps = self._run_stages(self._stem(x), taps, last)
+        return maps if intermediates_only else (x, maps)
 
     # ---------------------------------------------------------------- timm-style helpers
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier by a fresh one with ``num_classes`` outputs (0 = identity, pre-logits out)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier by a fresh one with ``num_classes`` outputs (0 = identity: the head's 1280-d output)
+        and, if given, the global pooling (``"avg"``, ``"max"``, or ``""`` = none, with ``num_classes=0``)."""
         if self.features_only:
-            raise RuntimeError("features_only models have no classifier")
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+            raise UserError("features_only models have no classifier; create the model without features_only")
+        _check_num_classes(num_classes)
+        pool_type = self.pool_type if global_pool is None else global_pool
+        pool = _make_global_pool(pool_type)
+        self._check_head(pool_type, num_classes)
+        self.pool_type, self.global_pool = pool_type, pool
+        self.flatten = nn.Flatten(1) if pool_type else nn.Identity()
         self.num_classes = num_classes
-        ref = self.conv_head.weight
+        ref = self.conv_stem.weight  # the head convs may be pruned away; the stem is always there
         if num_classes:
             self.classifier = nn.Linear(self.head_hidden_size, num_classes, device=ref.device, dtype=ref.dtype)
             init_weights_goog(self.classifier)
         else:
             self.classifier = nn.Identity()
+        for m in (self.global_pool, self.flatten, self.classifier):
+            m.train(self.training)
 
+    @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, str]:
         """Parameter groups for layer-wise LR decay (timm convention)."""
         return {"stem": r"^conv_stem|bn1", "blocks": r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)"}
 
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each stage in the backward pass instead of storing its activations (less memory, ~30% more
         compute). As in timm, BN running statistics of a recomputed stage are updated twice per step."""
         self.grad_checkpointing = enable
 
-    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages after the last requested level (and the head), for use as a backbone (timm's API).
 
         Returns the kept level indices. After pruning, ``forward_intermediates`` with the same indices still works
-        and ``forward_features`` ends at the last kept level.
+        and ``forward_features`` ends at the last kept level. ``prune_norm`` is accepted for API compatibility
+        (MobileNetV4 has no final norm).
         """
         if self.features_only:
-            raise RuntimeError("prune_intermediate_layers works on a classifier model, not a features_only one")
-        take = self._take_indices(indices)
+            raise UserError("prune_intermediate_layers works on a classifier model, not a features_only one")
+        take = resolve_levels(indices, len(self._levels), "indices")
         last = self._levels[max(take)]
-        self.blocks = self.blocks[: last.index]
+        self.blocks = self.blocks[: last.stage]
         self._levels = self._levels[: max(take) + 1]
         self.feature_info = FeatureInfo(self._levels)
-        if last.index < len(self.spec.stages) or prune_head:
+        if last.stage < len(self.spec.stages) or prune_head:
             self.num_features = last.num_chs
-            for name in ("global_pool", "conv_head", "norm_head", "flatten"):
-                setattr(self, name, nn.Identity())
-            self.classifier = nn.Identity()
-            self.num_classes = 0
+            self.conv_head, self.norm_head = nn.Identity(), nn.Identity()
             self.head_hidden_size = self.num_features
+            self.reset_classifier(0, "")
         return take
 
     def fuse(self) -> MobileNetV4:
         """Fold BN and layer scale into the convs, in place, for inference (``mnv4.deploy.deploy``)."""
-        from .deploy import deploy
-
         return deploy(self, inplace=True)
 
     def set_attention_impl(self, impl: str) -> MobileNetV4:
         """Switch every Mobile MQA block between ``"sdpa"`` and ``"math"`` (same weights, same results)."""
+        if impl not in ATTENTION_IMPLS:
+            raise UserError(f"attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         for m in self.modules():
             if isinstance(m, MultiQueryAttention2d):
                 m.impl = impl

@@ -1,4 +1,4 @@
-"""The paper's hardware-independent latency model (paper §3 and App. F; spec §9).
+"""The paper's hardware-independent latency model (paper §3, App. F and Tab. 16).
 
 Per counted layer i (``analysis.profile_layers``):
 
@@ -11,7 +11,7 @@ ModelTime x PeakMACs = sum_i max(MACs_i, RP x Bytes_i), the model's "effective M
 is "memory is free", i.e. plain MAC counting. Layers whose operational intensity (MACs_i / Bytes_i) is below RP are
 memory bound there, the others compute bound.
 
-The paper does not state the bytes per element it used or which activations it counted (spec §9); we count input and
+The paper does not state the bytes per element it used or which activations it counted (§3, App. F); we count input and
 output activations and default to 1 byte per element (int8), the precision of all four fitted targets in its Tab. 16.
 """
 
@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .analysis import LayerProfile
+from .errors import UserError
 from .specs import MIN_INPUT_SIZE
 
 BYTES_PER_ELEMENT = {"int8": 1, "fp16": 2, "bf16": 2, "fp32": 4}
 
-# The paper's empirically fitted ridge points, MACs/byte, all int8 [paper Tab. 16; spec §9].
+# The paper's empirically fitted ridge points, MACs/byte, all int8 [paper Tab. 16].
 NAMED_PROFILES: dict[str, tuple[float, str]] = {
     "pixel6-cpu": (31.2, "Pixel 6 CPU (int8)"),
     "s23-cpu": (39.7, "Samsung S23 CPU (int8)"),
@@ -42,7 +43,7 @@ SWEEP_MAX_RP = 500.0
 
 def bytes_per_element(precision: str) -> int:
     if precision not in BYTES_PER_ELEMENT:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(BYTES_PER_ELEMENT)}")
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(BYTES_PER_ELEMENT)}")
     return BYTES_PER_ELEMENT[precision]
 
 
@@ -89,7 +90,7 @@ class Hardware:
     def __post_init__(self):
         for label, value in (("peak MACs/s", self.peak_macs), ("peak bandwidth (bytes/s)", self.peak_bw)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{label} must be a positive finite number, got {value!r}")
+                raise UserError(f"{label} must be a positive finite number, got {value!r}")
 
     @property
     def ridge_point(self) -> float:
@@ -98,7 +99,7 @@ class Hardware:
 
 def check_ridge_point(ridge_point: float) -> float:
     if not (math.isfinite(ridge_point) and ridge_point >= 0):
-        raise ValueError(f"ridge point must be a finite number >= 0 MACs/byte, got {ridge_point!r}")
+        raise UserError(f"ridge point must be a finite number >= 0 MACs/byte, got {ridge_point!r}")
     return float(ridge_point)
 
 
@@ -125,7 +126,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (ties get their average rank): the Pearson correlation of the ranks."""
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
-        raise ValueError(f"spearman needs two equally long 1-D sequences of >= 2 values, got {a.shape} and {b.shape}")
+        raise UserError(f"spearman needs two equally long 1-D sequences of >= 2 values, got {a.shape} and {b.shape}")
     ra, rb = _average_ranks(a), _average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
@@ -168,16 +169,16 @@ def fit_ridge_point(
     """Fit latency ~= effective_macs(RP) / PeakMACs by least squares on log latency over a grid of RPs.
 
     For a fixed RP the best PeakMACs has a closed form (the geometric mean of effective MACs / latency), so the fit
-    is a 1-D search. The paper fits RP "empirically" without saying how (spec §9); log error weighs small and large
+    is a 1-D search. The paper fits RP "empirically" without saying how (Tab. 16); log error weighs small and large
     models alike, as a rank correlation does.
     """
     if len(model_layers) != len(latencies_s):
-        raise ValueError("need one latency per model")
+        raise UserError("need one latency per model")
     if len(latencies_s) < 3:
-        raise ValueError(f"fitting a ridge point needs latencies of at least 3 models, got {len(latencies_s)}")
+        raise UserError(f"fitting a ridge point needs latencies of at least 3 models, got {len(latencies_s)}")
     y = np.asarray(latencies_s, dtype=np.float64)
     if not np.all(np.isfinite(y) & (y > 0)):
-        raise ValueError("latencies must be positive finite numbers")
+        raise UserError("latencies must be positive finite numbers")
     grid = np.asarray(ridge_points if ridge_points is not None else np.linspace(0, SWEEP_MAX_RP, 5001))
     eff = np.stack([sweep(layers, grid) for layers in model_layers], axis=1)  # (grid, models)
     log_ratio = np.log(y)[None, :] - np.log(eff)  # log(1 / PeakMACs) per model and RP
@@ -211,5 +212,5 @@ def model_roofline(
     entry = catalog_entry(name)
     res = resolution or entry.resolution
     if res < MIN_INPUT_SIZE:
-        raise ValueError(f"resolution must be >= {MIN_INPUT_SIZE}, got {res}")
+        raise UserError(f"resolution must be >= {MIN_INPUT_SIZE}, got {res}")
     return roofline_layers(profile_layers(entry.build(), (res, res)), precision), res

@@ -1,10 +1,13 @@
-"""The ImageNet evaluation protocol: ``data_config(model)`` -> ``eval_transform(cfg)``, and robust image loading.
+"""The ImageNet evaluation protocol: ``data_config(model)`` -> ``eval_transform(cfg)``, the one preprocessing of
+``mnv4 predict``, ``mnv4 eval`` and export's calibration and ``--eval`` (images are read by ``mnv4.images``).
 
-Protocol (ecosystem §3.4, timm ``transforms_imagenet_eval``): resize the shorter side to ``floor(size / crop_pct)``
-with the tag's interpolation, centre-crop ``size``, scale to [0, 1], normalise with the tag's mean/std. Built from
-``torchvision.transforms.v2``; on PIL images it gives exactly the tensor timm's ``create_transform`` gives for the same
-config (tested). MNv4 tags: bicubic, crop 0.95 (0.875 for the Conv-S 224 tags) at the train size, 1.0 at the larger
-test size.
+Protocol (timm's ``transforms_imagenet_eval``, see docs/weights.md): resize the shorter side to
+``floor(size / crop_pct)`` with the tag's interpolation, centre-crop ``size``, scale to [0, 1], normalise with the
+tag's mean/std. A non-square ``H x W`` scales the image, keeping its aspect ratio, until it covers
+``floor(H / crop_pct) x floor(W / crop_pct)``, then centre-crops, as timm does. Built from
+``torchvision.transforms.v2``; on PIL images it gives exactly the tensor timm's ``create_transform`` gives for the
+same config (tested). MNv4 tags: bicubic, crop 0.95 (0.875 for the Conv-S 224 tags) at the train size, 1.0 at the
+larger test size.
 
 Without a tag (a model built directly from a spec) the config is that of the variant's default tag, as timm does for
 an un-pretrained model; timm's global defaults (224, crop 0.875, bicubic here, ImageNet mean/std) only apply to
@@ -14,14 +17,12 @@ something that is no MobileNetV4 at all.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
+from .errors import UserError
 from .specs import MIN_INPUT_SIZE, get_spec, is_spec_file
 from .weights import IMAGENET_MEAN, IMAGENET_STD, default_cfg, default_tag, split_name
 
@@ -44,24 +45,28 @@ class DataConfig(Mapping):
     def __post_init__(self):
         c, h, w = self.input_size
         if min(h, w) < MIN_INPUT_SIZE:
-            raise ValueError(
+            raise UserError(
                 f"image size must be >= {MIN_INPUT_SIZE} px (MobileNetV4 downsamples by 32), got {h}x{w}"
             )
         if not 0.0 < self.crop_pct <= 1.0:
-            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+            raise UserError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+            raise UserError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if len(self.mean) != c or len(self.std) != c:
-            raise ValueError(f"mean/std need {c} values (one per input channel), got {self.mean} / {self.std}")
+            raise UserError(f"mean/std need {c} values (one per input channel), got {self.mean} / {self.std}")
 
     @property
     def img_size(self) -> int:
+        """The side of a square input (the width of a non-square one)."""
         return self.input_size[-1]
 
     @property
-    def resize_size(self) -> int:
-        """Shorter side before the centre crop: ``floor(size / crop_pct)``, exactly as timm rounds it."""
-        return math.floor(self.img_size / self.crop_pct)
+    def resize_size(self) -> int | tuple[int, int]:
+        """Before the centre crop: the shorter side ``floor(size / crop_pct)`` (square input), or the ``(H, W)`` the
+        image is scaled to cover (non-square input); rounded down exactly as timm rounds it."""
+        _, h, w = self.input_size
+        scaled = (math.floor(h / self.crop_pct), math.floor(w / self.crop_pct))
+        return scaled[0] if h == w else scaled
 
     def __getitem__(self, key: str):
         return asdict(self)[key]
@@ -73,13 +78,15 @@ class DataConfig(Mapping):
         return len(asdict(self))
 
     def describe(self) -> str:
-        return f"{self.img_size} px, crop_pct {self.crop_pct:g} (resize {self.resize_size}), {self.interpolation}"
+        _, h, w = self.input_size
+        size, resize = (f"{h}", self.resize_size) if h == w else (f"{h}x{w}", "x".join(map(str, self.resize_size)))
+        return f"{size} px, crop_pct {self.crop_pct:g} (resize {resize}), {self.interpolation}"
 
 
 def data_config(
     model_or_cfg: torch.nn.Module | Mapping | str,
     use_test_size: bool = False,
-    img_size: int | None = None,
+    img_size: int | tuple[int, int] | None = None,
     crop_pct: float | None = None,
     interpolation: str | None = None,
     mean: tuple[float, ...] | None = None,
@@ -88,7 +95,8 @@ def data_config(
     """The evaluation config of a model (its ``pretrained_cfg``), a ``pretrained_cfg`` dict, or a ``variant.tag``.
 
     ``use_test_size``: the tag's larger ``test_input_size`` / ``test_crop_pct`` (when it has them; timm's
-    ``use_test_size``). Explicit ``img_size`` / ``crop_pct`` / ... override the tag (timm's ``--img-size`` etc.).
+    ``use_test_size``). Explicit ``img_size`` (a side, or ``(H, W)``) / ``crop_pct`` / ... override the tag (timm's
+    ``--img-size`` etc.).
     """
     in_chans = 3
     if isinstance(model_or_cfg, str):
@@ -106,7 +114,7 @@ def data_config(
     elif isinstance(model_or_cfg, Mapping):
         cfg = dict(model_or_cfg)
     else:
-        raise ValueError(f"data_config takes a model, a pretrained_cfg dict or a tag name, got {model_or_cfg!r}")
+        raise UserError(f"data_config takes a model, a pretrained_cfg dict or a tag name, got {model_or_cfg!r}")
 
     size = cfg.get("input_size") or (3, 224, 224)
     pct = cfg.get("crop_pct") or DEFAULT_CROP_PCT
@@ -114,7 +122,7 @@ def data_config(
         size = cfg["test_input_size"]
         pct = cfg.get("test_crop_pct") or pct
     if img_size is not None:
-        size = (size[0], img_size, img_size)
+        size = (size[0], *((img_size, img_size) if isinstance(img_size, int) else tuple(img_size)))
     cfg_mean, cfg_std = tuple(cfg.get("mean") or IMAGENET_MEAN), tuple(cfg.get("std") or IMAGENET_STD)
     config = DataConfig(
         input_size=(in_chans, *tuple(size)[1:]),
@@ -140,8 +148,25 @@ class UInt8ToFloat(torch.nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.dtype != torch.uint8:
-            raise ValueError(f"expected an 8-bit image, got a {img.dtype} tensor")
+            raise UserError(f"expected an 8-bit image, got a {img.dtype} tensor")
         return img.to(torch.float32).div(255)
+
+
+class ResizeToCover(torch.nn.Module):
+    """Scale an image, keeping its aspect ratio, to the smallest size that covers ``(H, W)``: timm's
+    ``ResizeKeepRatio`` (longest=0), which its evaluation transform uses for non-square sizes."""
+
+    def __init__(self, size: tuple[int, int], interpolation):
+        super().__init__()
+        self.size, self.interpolation = tuple(size), interpolation
+
+    def forward(self, img):
+        from torchvision.transforms.v2 import functional as F
+
+        img_h, img_w = F.get_size(img)
+        ratio = min(img_h / self.size[0], img_w / self.size[1])
+        size = [round(img_h / ratio), round(img_w / ratio)]
+        return F.resize(img, size, interpolation=self.interpolation, antialias=True)
 
 
 def eval_transform(cfg: DataConfig | Mapping):
@@ -155,54 +180,19 @@ def eval_transform(cfg: DataConfig | Mapping):
     if not isinstance(cfg, DataConfig):
         cfg = replace(DataConfig(), **{k: cfg[k] for k in cfg if k in DataConfig.__dataclass_fields__})
     _, h, w = cfg.input_size
-    if h != w:
-        raise ValueError(f"eval_transform supports square input sizes only, got {h}x{w}")
     if cfg.crop_mode != "center":
-        raise ValueError(f"crop_mode {cfg.crop_mode!r} is not supported; the MNv4 protocol is 'center'")
+        raise UserError(f"crop_mode {cfg.crop_mode!r} is not supported; the MNv4 protocol is 'center'")
+    interpolation = InterpolationMode(cfg.interpolation)
+    if h == w:
+        resize = v2.Resize(cfg.resize_size, interpolation=interpolation, antialias=True)
+    else:
+        resize = ResizeToCover(cfg.resize_size, interpolation)
     return v2.Compose(
         [
-            v2.Resize(cfg.resize_size, interpolation=InterpolationMode(cfg.interpolation), antialias=True),
-            v2.CenterCrop(cfg.img_size),
+            resize,
+            v2.CenterCrop((h, w)),
             v2.ToImage(),
             UInt8ToFloat(),
             v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
         ]
     )
-
-
-# ---------------------------------------------------------------------------------------------------- image loading
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB, upright.
-
-    EXIF orientation is applied; transparency is composited on WHITE (a transparent background reads as paper, not as
-    black); CMYK / palette / greyscale convert as PIL does; 16- and 32-bit greyscale (``I;16``, ``I``) are scaled
-    from their 16-bit range to 8 bits instead of being clipped; float images (``F``) are taken as 0..255.
-    """
-    img = ImageOps.exif_transpose(img)
-    mode = img.mode
-    if mode.startswith("I"):
-        arr = np.asarray(img).astype(np.float64)
-        img = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8), "L")
-    elif mode == "F":
-        img = Image.fromarray(np.clip(np.round(np.asarray(img)), 0, 255).astype(np.uint8), "L")
-    elif mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as upright 8-bit RGB (see ``to_rgb``); a file PIL cannot read raises one ValueError."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise FileNotFoundError(f"{path}: no such file") from None
-        raise ValueError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None

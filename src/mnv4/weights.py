@@ -1,11 +1,10 @@
 """Pretrained weights: the registry of released tags, and loading checkpoints into a model.
 
 Google never released MobileNetV4 checkpoints; the only public ones are the 24 tags timm trained and published on the
-Hugging Face hub as ``timm/<variant>.<tag>`` (ecosystem §2.1, spec §5.3). Their key names are the ones this package
-uses, so they load strictly. The table below holds the FACTS of each tag: facts from timm 1.0.x
-``timm/models/mobilenetv3.py`` ``default_cfgs`` (sizes, crops, mean/std, classes) and top-1 from timm's
-``results/results-imagenet.csv`` as collected in spec §5.3. Top-5 figures were not in the sources read, so they are
-``None`` (reported as unknown, never invented).
+Hugging Face hub as ``timm/<variant>.<tag>``. Their key names are the ones this package uses, so they load strictly.
+The table below holds the FACTS of each tag: facts from timm 1.0.x ``timm/models/mobilenetv3.py`` ``default_cfgs``
+(sizes, crops, mean/std, classes) and top-1 from timm's ``results/results-imagenet.csv`` (docs/weights.md lists
+them). Top-5 figures were not in the sources read, so they are ``None`` (reported as unknown, never invented).
 
 Loading accepts, and never unpickles arbitrary objects:
 - ``*.safetensors`` (the hub format);
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UserError
 from .specs import MODEL_SPECS, ModelSpec, closest_names, get_spec
 
 logger = logging.getLogger("mnv4")
@@ -80,21 +80,27 @@ class PretrainedTag:
         return "imagenet-12k" if self.num_classes == 11821 else "imagenet-1k"
 
     def to_cfg(self) -> dict:
-        """The model's ``pretrained_cfg`` (timm's key names, so timm's ``resolve_data_config`` reads it too)."""
+        """The model's ``pretrained_cfg``: timm's fields with timm's values (``None`` where timm has no entry), so
+        timm's ``resolve_data_config`` and test helpers read it too, plus the published accuracy."""
         test = self.test_input_size
+        pool = -(-self.input_size // 32)  # the /32 map's size (each stride-2 conv rounds up; timm's sizes are x32)
         return {
+            "url": "",
+            "hf_hub_id": self.hf_hub_id,
             "architecture": self.arch,
             "tag": self.tag,
-            "hf_hub_id": self.hf_hub_id,
-            "num_classes": self.num_classes,
+            "custom_load": False,
             "input_size": (3, self.input_size, self.input_size),
             "test_input_size": (3, test, test) if test else None,
+            "fixed_input_size": False,
+            "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
             "test_crop_pct": self.test_crop_pct,
             "crop_mode": "center",
-            "interpolation": self.interpolation,
             "mean": self.mean,
             "std": self.std,
+            "num_classes": self.num_classes,
+            "pool_size": (pool, pool),
             "first_conv": "conv_stem",
             "classifier": "classifier",
             "license": "apache-2.0",
@@ -168,7 +174,7 @@ def default_tag(arch: str) -> PretrainedTag:
     for t in TAGS:
         if t.arch == arch:
             return t
-    raise ValueError(f"no pretrained config for {arch!r}")
+    raise UserError(f"no pretrained config for {arch!r}")
 
 
 def default_cfg(spec: ModelSpec) -> dict:
@@ -176,20 +182,20 @@ def default_cfg(spec: ModelSpec) -> dict:
     un-pretrained model) or, for a custom spec (``mnv4 search``), the MNv4 protocol at the spec's resolution."""
     if MODEL_SPECS.get(spec.name) == spec:
         return default_tag(spec.name).to_cfg()
-    size = spec.resolution
-    return {
-        "architecture": spec.name, "tag": None, "hf_hub_id": None, "num_classes": 1000,
-        "input_size": (3, size, size), "test_input_size": None, "crop_pct": 0.95, "test_crop_pct": None,
-        "crop_mode": "center", "interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-        "first_conv": "conv_stem", "classifier": "classifier", "license": None,
-        "top1": None, "top5": None, "test_top1": None, "test_top5": None,
-    }
+    protocol = PretrainedTag(spec.name, "", 1000, spec.resolution, 0.95, None, None, *IN, released=False)
+    return {**protocol.to_cfg(), "tag": None, "license": None}
+
+
+def cfg_for_features(cfg: dict) -> dict:
+    """The ``pretrained_cfg`` of a ``features_only`` model: without the classifier fields (timm's
+    ``pretrained_cfg_for_features``)."""
+    return {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier", "global_pool")}
 
 
 def split_name(name_or_tag: str) -> tuple[str, PretrainedTag | None]:
-    """``'variant'`` -> (variant, None); ``'variant.tag'`` -> (variant, its PretrainedTag); unknown -> ValueError."""
+    """``'variant'`` -> (variant, None); ``'variant.tag'`` -> (variant, its PretrainedTag); unknown -> UserError."""
     if not isinstance(name_or_tag, str):
-        raise ValueError(f"model name must be a string, got {name_or_tag!r}")
+        raise UserError(f"model name must be a string, got {name_or_tag!r}")
     arch, _, tag = name_or_tag.partition(".")
     get_spec(arch)  # unknown variant: names the closest variants
     if not tag:
@@ -198,7 +204,7 @@ def split_name(name_or_tag: str) -> tuple[str, PretrainedTag | None]:
         return arch, PRETRAINED[name_or_tag]
     own = [t.name for t in TAGS if t.arch == arch]
     close = closest_names(name_or_tag, own) or own
-    raise ValueError(
+    raise UserError(
         f"unknown pretrained tag {name_or_tag!r}. Tags of {arch}: {', '.join(close)}. "
         f"See mnv4.list_pretrained() for all {len(list_pretrained())} released tags."
     )
@@ -228,7 +234,7 @@ def download(tag: PretrainedTag) -> Path:
     network) raises one FileNotFoundError saying how to fetch the file or where to put it.
     """
     if not tag.released:
-        raise ValueError(
+        raise UserError(
             f"{tag.name} has no released weights (a config-only entry). Released tags of {tag.arch}: "
             f"{', '.join(list_pretrained(tag.arch + '.*')) or 'none'}; or pass pretrained='path/to/weights'"
         )
@@ -277,7 +283,7 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, 
         try:
             obj = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a readable safetensors file ({err}); it is probably truncated or corrupt -- "
                 f"download it again (delete it first) and check its size"
             ) from None
@@ -286,14 +292,14 @@ def read_state_dict(path: str | os.PathLike, use_ema: bool = True) -> dict[str, 
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(
+            raise UserError(
                 f"refused to load {path}: it holds Python objects beyond tensors, and unpickling them could run "
                 f"arbitrary code, so only torch.load(weights_only=True) is used ({first[:200]}). If you trust the "
                 f"file, re-save just its tensors: torch.save(state_dict, 'clean.pth') or "
                 f"safetensors.torch.save_file(state_dict, 'model.safetensors')"
             ) from None
         except (RuntimeError, EOFError, OSError) as err:
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a readable PyTorch checkpoint ({str(err).splitlines()[0][:200]}); it is probably "
                 f"truncated or not a checkpoint at all"
             ) from None
@@ -308,11 +314,11 @@ def _unwrap(obj: object, path: Path, use_ema: bool) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"{path}: no state dict found (expected a mapping of parameter names to tensors)")
+        raise UserError(f"{path}: no state dict found (expected a mapping of parameter names to tensors)")
     out = {}
     for k, v in obj.items():
         if not isinstance(v, torch.Tensor):
-            raise ValueError(
+            raise UserError(
                 f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; expected a model state dict or a timm "
                 f"train.py checkpoint (with 'state_dict' / 'state_dict_ema')"
             )
@@ -387,7 +393,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
       (saved with num_classes=0) likewise leaves the model's new one;
     - ``features_only`` model: the head (conv_head, norm_head, classifier) of the checkpoint is dropped;
     - ``in_chans`` != 3: the stem conv is adapted (timm's rule, one message).
-    Anything else that does not fit raises one ValueError naming a few keys and the variant the file looks like.
+    Anything else that does not fit raises one UserError naming a few keys and the variant the file looks like.
     """
     sd = dict(state_dict)
     if getattr(model, "features_only", False):
@@ -424,7 +430,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
                 sd[k] = own[k]
         problem = _describe_mismatch(model, sd, source)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     own = model.state_dict()
     for k in own:  # files saved without BN step counters: keep the model's
         if k.endswith("num_batches_tracked") and k not in sd:

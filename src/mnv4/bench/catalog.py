@@ -34,7 +34,7 @@ _BASELINE_WEIGHTS = {
 }
 
 # timm's evaluated top-1 of the released extras at their default tag's training resolution = their native size here
-# (timm's results-imagenet.csv). The five paper models use paper Tab. 6 (``ModelSpec.top1``).
+# (timm results-imagenet.csv). The five paper models use paper Tab. 6 (``ModelSpec.top1``).
 _TIMM_TOP1 = {
     "mobilenetv4_conv_small_050": (64.778, "timm conv_small_050.e3000_r224_in1k"),
     "mobilenetv4_conv_blur_medium": (79.446, "timm conv_blur_medium.e500_r224_in1k"),

@@ -2,7 +2,11 @@
 
 Every module here that defines ``register(subparsers)`` is a sub-command: ``register`` adds its parser and sets
 ``func`` to a callable taking the parsed args and returning an exit code. Heavy imports stay inside those callables
-so ``mnv4 --help`` is instant.
+so ``mnv4 --help`` is instant. Modules whose names start with "_" are shared helpers, not sub-commands.
+
+Errors: a ``mnv4.errors.UserError`` (bad input the user can fix) prints as one line, ``mnv4 CMD: error: ...``, exit
+code 2. Every other exception keeps its traceback: it is a bug or an environment failure (CUDA out of memory, a
+broken install) that has to be seen in full.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, RuntimeError) as err:  # bad input: one clear line, no traceback
+    except UserError as err:  # bad input: one clear line. Anything else (a bug, out of memory) keeps its traceback
         print(f"mnv4 {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE
 
 
@@ -31,7 +32,7 @@ def model_table(pattern: str = "*", resolution: int | None = None) -> list[dict]
     matching = set(list_models(pattern))
     names = [name for name in MODEL_SPECS if name in matching]  # the five paper models first, then the extras
     if not names:
-        raise ValueError(f"no model matches {pattern!r}; see `mnv4 models` for the names")
+        raise UserError(f"no model matches {pattern!r}; see `mnv4 models` for the names")
     rows = []
     for name in names:
         model = create_model(name)
@@ -54,7 +55,7 @@ def model_table(pattern: str = "*", resolution: int | None = None) -> list[dict]
 
 def run(args: argparse.Namespace) -> int:
     if args.resolution is not None and args.resolution < MIN_INPUT_SIZE:
-        raise ValueError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
+        raise UserError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
     rows = model_table(args.pattern, args.resolution)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -6,44 +6,7 @@ import argparse
 import json
 import sys
 
-from ..specs import MIN_INPUT_SIZE
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """``--model`` / ``--weights`` / preprocessing overrides, shared by ``predict`` and ``eval``."""
-    p.add_argument(
-        "--model", default="mobilenetv4_conv_small",
-        help="variant or variant.tag (see `mnv4 models`, mnv4.list_pretrained()); without --weights the tag's "
-        "weights come from the Hugging Face hub cache (a bare variant = its default tag). Default: %(default)s",
-    )
-    p.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or .pth/.bin read with "
-                   "weights_only=True; timm train.py checkpoints too) instead of the hub")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default: %(default)s)")
-    p.add_argument("--test-res", action="store_true", help="use the tag's larger test_input_size / test_crop_pct")
-    p.add_argument("--img-size", type=int, help="override the input size (square)")
-    p.add_argument("--crop-pct", type=float, help="override the centre-crop fraction (resize to size / crop_pct)")
-
-
-def model_from_args(args: argparse.Namespace):
-    """(model, DataConfig) for the parsed ``add_model_args`` options."""
-    import logging
-
-    from ..factory import create_model
-    from ..transforms import data_config
-
-    log = logging.getLogger("mnv4")  # show mnv4's own messages (e.g. the classifier reset), nobody else's
-    if not log.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("mnv4: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-    if args.img_size is not None and args.img_size < MIN_INPUT_SIZE:
-        raise ValueError(f"--img-size must be >= {MIN_INPUT_SIZE}, got {args.img_size}")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise ValueError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
-    model = create_model(args.model, pretrained=args.weights or True)
-    cfg = data_config(model, use_test_size=args.test_res, img_size=args.img_size, crop_pct=args.crop_pct)
-    return model, cfg
+from ._common import add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="top-k labels and probabilities for images",
         description="Classify image files with a pretrained MobileNetV4 and print the top-k labels with their "
         "probabilities. Greyscale, CMYK, palette, 16-bit and EXIF-rotated images are handled; transparent images "
-        "are composited on white. A file that cannot be read gets one error line and the others still run "
-        "(exit code 1 at the end).",
+        "are composited on white. A file that cannot be used (missing, corrupt, not an image, too large to decode "
+        "safely) gets one error line and the others still run (exit code 1 at the end).",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_model_args(p)
@@ -64,15 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from ..errors import UserError
     from ..predict import predict
+    from ._common import model_from_args, read_lines
 
     if args.topk < 1:
-        raise ValueError(f"--topk must be >= 1, got {args.topk}")
-    labels = None
-    if args.labels:
-        labels = [line for line in Path(args.labels).read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise UserError(f"--topk must be >= 1, got {args.topk}")
+    labels = read_lines(args.labels, "--labels") if args.labels else None
     model, cfg = model_from_args(args)
     results = predict(model, args.images, topk=args.topk, cfg=cfg, device=args.device, labels=labels)
     weights = model.pretrained_cfg.get("weights")

@@ -1,4 +1,4 @@
-"""``mnv4 roofline``: the paper's hardware-independent latency model (spec §9) -- per layer, swept, or fitted."""
+"""``mnv4 roofline``: the paper's hardware-independent latency model (paper §3, App. F): per layer, swept or fitted."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE
 
 
@@ -52,7 +53,7 @@ def _hardware(args):
     from ..roofline import Hardware
 
     if (args.peak_macs is None) != (args.peak_bw is None):
-        raise ValueError("give both --peak-macs (MACs/s) and --peak-bw (bytes/s), or neither")
+        raise UserError("give both --peak-macs (MACs/s) and --peak-bw (bytes/s), or neither")
     if args.peak_macs is None:
         return None
     return Hardware(args.peak_macs, args.peak_bw, name="your hardware")
@@ -60,19 +61,19 @@ def _hardware(args):
 
 def run(args: argparse.Namespace) -> int:
     if args.resolution is not None and args.resolution < MIN_INPUT_SIZE:
-        raise ValueError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
+        raise UserError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
     hardware = _hardware(args)
     if args.rp is not None and hardware is not None:
-        raise ValueError("--rp and --peak-macs/--peak-bw both set a ridge point; give one of them")
+        raise UserError("--rp and --peak-macs/--peak-bw both set a ridge point; give one of them")
     if args.model and (args.sweep or args.fit is not None):
-        raise ValueError(f"MODEL ({args.model!r}) is for the per-layer table; with --sweep name models with --models, "
+        raise UserError(f"MODEL ({args.model!r}) is for the per-layer table; with --sweep name models with --models, "
                          "--fit takes its models from the results file")
     if args.fit is not None:
         return run_fit(args)
     if args.sweep:
         return run_sweep(args, hardware)
     if not args.model:
-        raise ValueError("name a MODEL (per-layer table), or use --sweep or --fit RESULTS_JSON; see mnv4 roofline -h")
+        raise UserError("name a MODEL (per-layer table), or use --sweep or --fit RESULTS_JSON; see mnv4 roofline -h")
     return run_layers(args, hardware)
 
 
@@ -146,7 +147,7 @@ def run_sweep(args, hardware) -> int:
 
     precision = args.precision or "int8"
     if not (math.isfinite(args.max_rp) and args.max_rp > 0):
-        raise ValueError(f"--max-rp must be a positive number, got {args.max_rp}")
+        raise UserError(f"--max-rp must be a positive number, got {args.max_rp}")
     names = list(dict.fromkeys(args.models or DEFAULT_MODELS))
     reference = args.reference or (REFERENCE_MODEL if REFERENCE_MODEL in names else names[0])
     entries = [catalog_entry(n) for n in names]  # unknown names fail here, before any work
@@ -191,7 +192,7 @@ def run_fit(args) -> int:
     ok = [r for r in report.records if r.ok]
     if args.backend:
         if args.backend not in report.backends:
-            raise ValueError(f"{args.fit} has no results for backend {args.backend!r}; it has: "
+            raise UserError(f"{args.fit} has no results for backend {args.backend!r}; it has: "
                              f"{', '.join(report.backends)}")
         ok = [r for r in ok if r.backend == args.backend]
     groups: dict[tuple[str, int], list] = {}
@@ -199,7 +200,7 @@ def run_fit(args) -> int:
         groups.setdefault((r.backend, r.batch_size), []).append(r)
     groups = {k: v for k, v in groups.items() if len(v) >= 3}
     if not groups:
-        raise ValueError(f"{args.fit}: no backend has successful measurements of >= 3 models; a ridge point cannot "
+        raise UserError(f"{args.fit}: no backend has successful measurements of >= 3 models; a ridge point cannot "
                          "be fitted (run `mnv4 bench` with more models)")
     cache: dict = {}
     print(f"fitted ridge point per backend (grid 0..500 MACs/byte, least squares on log latency); bytes per element "

@@ -1,95 +1,114 @@
-"""Images for calibration (int8) and for accuracy checks of exported models.
+"""Images for calibration (int8) and for accuracy checks of exported models (``export --eval``).
 
-A folder is either an ImageFolder root (``root/<class>/<image>``, classes sorted by name, as torchvision's
-``ImageFolder``) or a flat folder of images (unlabelled, for calibration). Preprocessing is deliberately simple and
-shared by every exporter and by the tests: RGB, bilinear resize to exactly (H, W), scale to [0, 1], normalise
-with the model's mean/std (ImageNet's unless ``pretrained_cfg`` says otherwise).
+Folders, labels and decoding are ``mnv4.images``' (the loader and scanner of ``mnv4 eval`` and training), and the
+preprocessing is the tag's evaluation protocol, ``eval_transform(data_config(model, img_size=size))``. So a
+calibration image is what the model sees in ``mnv4 eval``, and the PyTorch column of ``export --eval`` is the top-1
+``mnv4 eval`` reports on the same folder.
+
+An image that cannot be decoded raises ``mnv4.images.DecodeError`` (a ``UserError`` naming the file), or, when the
+caller passes a ``skipped`` list, is left out of the batch and recorded there, so the caller can count and report it.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..errors import UserError
+from ..images import DecodeError, ImageSet, load_image, scan_images
+from ..transforms import DEFAULT_CROP_PCT, DataConfig, data_config, eval_transform
+from ..weights import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["DecodeError", "ImageSet", "LoadedImages", "Preprocess", "calibration_images", "load_batch",
+           "load_images", "scan_folder"]
+
+log = logging.getLogger("mnv4.export")
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize to ``size`` (H, W), to [0, 1], normalise per channel; gives float32 CHW arrays."""
+    """An image file -> float32 CHW array: ``load_image`` then ``eval_transform`` of this config.
+
+    ``Preprocess.for_model(model, size)`` is the model's own protocol (its tag's crop, interpolation, mean/std) at
+    ``size``; ``Preprocess(size)`` alone is timm's generic one (crop 0.875, bicubic, ImageNet mean/std)."""
 
     size: tuple[int, int]
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = DEFAULT_CROP_PCT
+    interpolation: str = "bicubic"
 
     @classmethod
     def for_model(cls, model, size: tuple[int, int]) -> Preprocess:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        return cls(tuple(size), tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
-
-    def __call__(self, path: str | Path) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((self.size[1], self.size[0]), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-@dataclass(frozen=True)
-class ImageSet:
-    """Image paths with labels (-1 when the folder has no class sub-folders) and the class names."""
-
-    paths: list[Path]
-    labels: list[int]
-    classes: list[str]
+        cfg = data_config(model, img_size=tuple(size))
+        return cls(tuple(size), tuple(cfg.mean), tuple(cfg.std), cfg.crop_pct, cfg.interpolation)
 
     @property
-    def labelled(self) -> bool:
-        return bool(self.classes)
+    def config(self) -> DataConfig:
+        return DataConfig(input_size=(len(self.mean), *self.size), interpolation=self.interpolation,
+                          mean=tuple(self.mean), std=tuple(self.std), crop_pct=self.crop_pct)
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    @functools.cached_property
+    def transform(self):
+        return eval_transform(self.config)
 
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    def __call__(self, path: str | Path) -> np.ndarray:
+        return self.transform(load_image(path)).numpy()
 
 
 def scan_folder(root: str | Path) -> ImageSet:
-    """Read an ImageFolder root (labelled) or a flat folder of images (unlabelled)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist (expected a directory of images)")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _images_in(p))
-    if class_dirs:
-        paths, labels = [], []
-        for idx, d in enumerate(class_dirs):
-            found = _images_in(d)
-            paths += found
-            labels += [idx] * len(found)
-        return ImageSet(paths, labels, [d.name for d in class_dirs])
-    paths = _images_in(root)
-    if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {root}")
-    return ImageSet(paths, [-1] * len(paths), [])
+    """An ImageFolder root (labelled) or a flat folder of images (unlabelled); ``mnv4.images.scan_images``."""
+    return scan_images(root)
 
 
 def calibration_images(root: str | Path, limit: int = 256, seed: int = 0) -> list[Path]:
     """Up to ``limit`` images from ``root``, a reproducible random sample spread over all classes."""
     if limit < 1:
-        raise ValueError(f"the number of calibration images must be >= 1, got {limit}")
+        raise UserError(f"the number of calibration images must be >= 1, got {limit}")
     paths = list(scan_folder(root).paths)
     random.Random(seed).shuffle(paths)
     return paths[:limit]
 
 
-def load_batch(paths: list[Path], preprocess: Preprocess) -> np.ndarray:
-    """Preprocessed images stacked as one float32 NCHW array."""
-    return np.stack([preprocess(p) for p in paths]).astype(np.float32)
+@dataclass(frozen=True)
+class LoadedImages:
+    """What ``load_images`` decoded: ``array`` (N, C, H, W) float32 holds the files at positions ``kept`` of the
+    asked list; ``skipped`` the errors of the others."""
+
+    array: np.ndarray
+    kept: list[int]
+    skipped: list[DecodeError]
+
+
+def load_images(paths: Sequence[str | Path], preprocess: Preprocess) -> LoadedImages:
+    """Preprocess ``paths``, leaving out the files that cannot be decoded (each logged; their errors in
+    ``skipped``)."""
+    arrays, kept, skipped = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            arrays.append(preprocess(path))
+            kept.append(i)
+        except DecodeError as err:
+            log.warning("skipped %s", err)
+            skipped.append(err)
+    empty = np.zeros((0, len(preprocess.mean), *preprocess.size), np.float32)
+    return LoadedImages(np.stack(arrays).astype(np.float32) if arrays else empty, kept, skipped)
+
+
+def load_batch(
+    paths: Sequence[str | Path], preprocess: Preprocess, skipped: list[DecodeError] | None = None
+) -> np.ndarray:
+    """Preprocessed images stacked as one float32 NCHW array. A file that cannot be decoded raises its
+    ``DecodeError``; with ``skipped`` given it is left out of the array (which may then have fewer rows than
+    ``paths``, even none), logged, and its error appended to ``skipped``."""
+    if skipped is None:
+        return np.stack([preprocess(p) for p in paths]).astype(np.float32)
+    loaded = load_images(paths, preprocess)
+    skipped.extend(loaded.skipped)
+    return loaded.array

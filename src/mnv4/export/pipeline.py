@@ -285,12 +285,17 @@ def _check_coreml(model, path: Path, cfg: ExportConfig, notes: list[str]):
 
 def check_images(model: nn.Module, size: tuple[int, int], cfg: ExportConfig) -> torch.Tensor:
     """The real images an int8 file is judged on: ``cfg.check_images`` of the ``--eval`` folder (held out) or,
-    without one, of the calibration folder; preprocessed as the model's tag is evaluated."""
-    from .data import Preprocess, calibration_images
-    from .quantize import load_calibration_batch
+    without one, of the calibration folder; preprocessed as the model's tag is evaluated. Images that cannot be
+    decoded are skipped (each logged)."""
+    from .data import Preprocess, calibration_images, load_batch
 
-    paths = calibration_images(cfg.eval_dir or cfg.calib, cfg.check_images, seed=1)
-    return torch.from_numpy(load_calibration_batch(paths, Preprocess.for_model(model, size)))
+    folder = cfg.eval_dir or cfg.calib
+    paths = calibration_images(folder, cfg.check_images, seed=1)
+    x = load_batch(paths, Preprocess.for_model(model, size), skipped := [])
+    if not len(x):
+        raise UserError(f"none of the {len(paths)} images sampled from {folder} for the int8 check could be decoded "
+                        f"(first: {skipped[0]})")
+    return torch.from_numpy(x)
 
 
 def _accuracy(model, runner: Runner, path: Path, size, cfg: ExportConfig) -> list:

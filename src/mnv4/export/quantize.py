@@ -35,7 +35,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import require
-from .data import Preprocess, calibration_images, load_batch, scan_folder
+from .data import DecodeError, Preprocess, calibration_images, load_batch, load_images, scan_folder
 from .prepare import deployed_for_export
 
 
@@ -44,37 +44,43 @@ class CalibrationReport:
     """What a quantized export was calibrated on."""
 
     path: str
-    num_images: int
+    num_images: int  # decoded and used
     folder: str
+    skipped: int = 0  # calibration images that could not be decoded (each logged)
+    skipped_files: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, out_path, paths: Sequence[Path], folder, skipped: Sequence[DecodeError]) -> CalibrationReport:
+        return cls(str(out_path), len(paths) - len(skipped), str(folder), len(skipped),
+                   tuple(err.path for err in skipped))
 
     def summary(self) -> str:
         size = os.path.getsize(self.path) / 2**20
-        return f"int8 model {self.path} ({size:.2f} MiB), calibrated on {self.num_images} images from {self.folder}"
+        names = ", ".join(Path(p).name for p in self.skipped_files[:3]) + (", ..." if self.skipped > 3 else "")
+        skipped = f" ({self.skipped} unreadable skipped: {names})" if self.skipped else ""
+        return (f"int8 model {self.path} ({size:.2f} MiB), calibrated on {self.num_images} images from "
+                f"{self.folder}{skipped}")
 
 
-def load_calibration_batch(paths: Sequence[Path], preprocess: Preprocess) -> np.ndarray:
-    """``load_batch`` for calibration: an image that cannot be read is one ``UserError`` naming it, not a traceback
-    from inside a quantizer."""
-    try:
-        return load_batch(list(paths), preprocess)
-    except (OSError, ValueError) as err:
-        if isinstance(err, UserError):
-            raise
-        raise UserError(
-            f"a calibration image could not be read ({type(err).__name__}: {err}); remove or replace it"
-        ) from None
+def _calibration_batches(paths: Sequence[Path], preprocess: Preprocess, skipped: list[DecodeError], batch: int):
+    """Preprocessed batches of the decodable ``paths``; the others are logged and appended to ``skipped``."""
+    used = 0
+    for i in range(0, len(paths), batch):
+        x = load_batch(list(paths[i : i + batch]), preprocess, skipped)
+        used += len(x)
+        if len(x):
+            yield x
+    if not used:
+        raise UserError(f"none of the {len(paths)} calibration images could be decoded (first: {skipped[0]})")
 
 
-def _calibration_reader(paths: Sequence[Path], preprocess: Preprocess, input_name: str, batch: int = 8):
+def _calibration_reader(batches, input_name: str):
     ort_quant = require("onnxruntime.quantization")
 
     class FolderReader(ort_quant.CalibrationDataReader):
-        def __init__(self) -> None:
-            self._chunks = iter([paths[i : i + batch] for i in range(0, len(paths), batch)])
-
         def get_next(self):
-            chunk = next(self._chunks, None)
-            return None if chunk is None else {input_name: load_calibration_batch(chunk, preprocess)}
+            x = next(batches, None)
+            return None if x is None else {input_name: x}
 
     return FolderReader()
 
@@ -127,6 +133,7 @@ def quantize_onnx(
     settings = settings or OrtQuantSettings()
     paths = calibration_images(calib_dir, num_images)
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    skipped: list[DecodeError] = []
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     u8 = settings.activations == "u8"
@@ -143,7 +150,7 @@ def quantize_onnx(
         ort_quant.quantize_static(
             str(source),
             str(out_path),
-            _calibration_reader(paths, preprocess, input_name),
+            _calibration_reader(_calibration_batches(paths, preprocess, skipped, batch=8), input_name),
             quant_format=ort_quant.QuantFormat.QDQ,
             op_types_to_quantize=ops,
             nodes_to_exclude=excluded,
@@ -154,7 +161,7 @@ def quantize_onnx(
             calibrate_method=ort_quant.CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": not u8, "WeightSymmetric": True},
         )
-    return CalibrationReport(str(out_path), len(paths), str(calib_dir))
+    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
 
 
 def pt2e_quantize(
@@ -176,10 +183,13 @@ def pt2e_quantize(
         return quantize_pt2e.convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
-def calibration_tensors(paths: Sequence[Path], preprocess: Preprocess) -> Iterator[torch.Tensor]:
-    """The calibration images one by one, as ``1 x C x H x W`` tensors."""
-    for path in paths:
-        yield torch.from_numpy(load_calibration_batch([path], preprocess))
+def calibration_tensors(
+    paths: Sequence[Path], preprocess: Preprocess, skipped: list[DecodeError]
+) -> Iterator[torch.Tensor]:
+    """The decodable calibration images one by one, as ``1 x C x H x W`` tensors (the PT2E graphs are specialised
+    to batch 1); the others are logged and appended to ``skipped``."""
+    for x in _calibration_batches(paths, preprocess, skipped, batch=1):
+        yield torch.from_numpy(x)
 
 
 def export_litert_int8(
@@ -202,11 +212,12 @@ def export_litert_int8(
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     )
-    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)))
+    skipped: list[DecodeError] = []
+    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)), skipped)
     converted = pt2e_quantize(net, quantizer, images, tuple(input_size), fold_quantize=False)
     sample = (torch.zeros(1, net.in_chans, *input_size),)
     convert_quiet(converted, sample, out_path, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return CalibrationReport(str(out_path), len(paths), str(calib_dir))
+    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
 
 
 def export_executorch_int8(
@@ -223,10 +234,11 @@ def export_executorch_int8(
 
     net = deployed_for_export(model, classifier_for="ExecuTorch")
     paths = calibration_images(calib_dir, num_images)
-    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)))
+    skipped: list[DecodeError] = []
+    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)), skipped)
     converted = pt2e_quantize(net, xnnpack_quantizer(), images, tuple(input_size))
     lower_to_executorch(converted, (torch.zeros(1, net.in_chans, *input_size),), out_path)
-    return CalibrationReport(str(out_path), len(paths), str(calib_dir))
+    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
 
 
 # ---------------------------------------------------------------------------------------------- accuracy
@@ -247,18 +259,32 @@ class AccuracyReport:
 
 
 def top1_accuracy(
-    run: Callable[[np.ndarray], np.ndarray], folder: str | Path, preprocess: Preprocess, batch_size: int = 1
+    run: Callable[[np.ndarray], np.ndarray], folder: str | Path, preprocess: Preprocess, batch_size: int = 1,
+    skipped: list[DecodeError] | None = None,
 ) -> tuple[float, int]:
-    """Top-1 of ``run`` (NCHW float32 batch -> logits) on a labelled ImageFolder root; (accuracy, images)."""
+    """Top-1 of ``run`` (NCHW float32 batch -> logits) on a labelled ImageFolder root; (accuracy, images scored).
+
+    Labels as ``mnv4 eval`` gives them (``ImageSet.targets`` for the model's number of outputs: ImageNet synset
+    folders get their ImageNet indices). Images that cannot be decoded are skipped, logged and appended to
+    ``skipped``; non-finite logits count as wrong."""
     images = scan_folder(folder)
-    if not images.labelled:
+    if not images.classes:
         raise UserError(f"{folder} has no class sub-folders: an accuracy check needs a labelled ImageFolder root")
-    correct = 0
+    skipped = [] if skipped is None else skipped
+    targets, correct, scored = None, 0, 0
     for i in range(0, len(images), batch_size):
-        x = load_batch(images.paths[i : i + batch_size], preprocess)
-        pred = np.asarray(run(x)).reshape(len(x), -1).argmax(axis=1)
-        correct += int((pred == np.asarray(images.labels[i : i + batch_size])).sum())
-    return correct / len(images), len(images)
+        loaded = load_images(images.paths[i : i + batch_size], preprocess)
+        skipped.extend(loaded.skipped)
+        if not loaded.kept:
+            continue
+        logits = np.asarray(run(loaded.array)).reshape(len(loaded.kept), -1)
+        targets = targets or images.targets(logits.shape[1])
+        hit = (logits.argmax(axis=1) == np.asarray([targets[i + j] for j in loaded.kept])) & np.isfinite(logits).all(1)
+        correct += int(hit.sum())
+        scored += len(loaded.kept)
+    if not scored:
+        raise UserError(f"none of the {len(images)} images in {folder} could be decoded")
+    return correct / scored, scored
 
 
 def torch_runner(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,72 @@
+"""``mnv4 ablate``: the paper's attention design studies (Tabs. 2 and 3) on this machine, beside the paper's figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="the paper's MQA-vs-MHSA and K/V-downsampling studies: params, MACs, roofline, latency here",
+        description="Re-run the paper's attention design studies. mqa (Tab. 2): MNv4-Conv-L (the size of the "
+        "paper's base) vs the same + 3 multi-head self-attention blocks vs + 3 Mobile MQA blocks, in its /32 stage. "
+        "kv (Tab. 3): MNv4-Hybrid-M with and without the stride-2 DW conv on keys and values. For each model: "
+        "params, MACs, the roofline at RP 0 and the paper's four ridge points, and latency (batch 1) on this "
+        "machine's runtimes, timed interleaved; printed beside the paper's table, whose figures come from its own "
+        "models and phones (compare the relative changes).",
+    )
+    p.add_argument("--study", type=_names, default=["mqa", "kv"], help="comma-separated: mqa, kv (default both)")
+    p.add_argument("--runtimes", type=_names, default=["eager", "deployed", "onnxruntime"],
+                   help="comma-separated: eager, deployed, compile, onnxruntime, litert "
+                   "(default eager,deployed,onnxruntime)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="input size for every study (default: 384 for mqa, 256 for kv)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per physical core)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs per model and runtime in each round (default 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2)")
+    p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    p.add_argument("--quick", action="store_true",
+                   help="64 px, 1 round of 1 run: checks the pipeline in seconds (numbers not meaningful)")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..nas.studies import StudyConfig
+
+    values = {"studies": args.study, "runtimes": args.runtimes}
+    if args.quick:
+        values.update(resolution=64, rounds=1, runs_per_round=1, warmup=0)
+    for key, value in {"resolution": args.resolution, "threads": args.threads, "rounds": args.rounds,
+                       "runs_per_round": args.runs, "warmup": args.warmup}.items():
+        if value is not None:
+            values[key] = value
+    return StudyConfig(**values).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
+    from ..nas.studies import run_study
+
+    config = config_from_args(args)
+    if args.json is not None and args.json.is_dir():
+        raise UserError(f"--json {args.json} is a folder; give a file name")
+    results = []
+    for key in config.studies:
+        result = run_study(key, config, progress=True)
+        results.append(result)
+        print(result.format() + "\n", flush=True)
+    if args.quick:
+        print("quick run: 64 px, one timed run each -- a pipeline check, not a measurement")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
