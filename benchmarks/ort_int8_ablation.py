@@ -33,12 +33,13 @@ DEFAULT = "default"
 
 
 def variants():
-    from mnv4.export.quantize import OrtQuantSettings
+    from mnv4.export.quantize import FAST_ORT_INT8, OrtQuantSettings
 
     base = OrtQuantSettings()
     return {
         DEFAULT: (base, "all"),
-        "8-bit weights (no reduce_range)": (dataclasses.replace(base, reduce_range=False), "all"),
+        "7-bit s8 weights (FAST_ORT_INT8)": (FAST_ORT_INT8, "all"),
+        "8-bit s8 weights (saturates w/o VNNI)": (dataclasses.replace(base, weights="s8"), "all"),
         "s8 activations": (dataclasses.replace(base, activations="s8"), "all"),
         "per-tensor weights": (dataclasses.replace(base, per_channel=False), "all"),
         "first conv fp32": (dataclasses.replace(base, fp32_first_conv=True), "all"),

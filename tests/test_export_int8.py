@@ -20,7 +20,7 @@ from torch import nn
 
 import mnv4
 from mnv4.export.data import Preprocess, calibration_images, load_batch, scan_folder
-from mnv4.export.verify import INT8_MIN_AGREEMENT, INT8_MIN_SQNR_DB, judge_int8
+from mnv4.export.verify import INT8_MIN_AGREEMENT, INT8_MIN_SQNR_DB, judge_int8, sqnr_db
 
 SIZE = (32, 32)
 pytestmark = pytest.mark.slow
@@ -97,6 +97,15 @@ def _assert_judged_ok(model, root, run, fmt, path):
 
 
 def test_onnx_int8_within_one_point(digits_model, tmp_path):
+    """The default ORT int8 (8-bit u8 per-channel weights, U8U8 kernels) within 1 point of fp32 top-1.
+
+    Measured (359 held-out images, 200 calibration images, AMD EPYC with AVX2 and no VNNI): two trained models
+    (seed 0: fp32 90.5%, seed 1: 85.2%) gave int8 -0.3 and +2.2 points with the default; with 7-bit s8 weights
+    (``FAST_ORT_INT8``) -0.8 to -1.9 points over three calibration samples of seed 0 and -3.3 on seed 1; with
+    8-bit s8 weights (the setting behind a CI failure at -3.3 points) the fused x86 kernels saturate on CPUs
+    without VNNI: -1.1 / -1.7 points and only 87-91% top-1 agreement, while ORT's unfused reference kernels run
+    the same file at +0.3 / +0.0. So the bound holds because the default does not depend on the CPU's int8
+    instructions: the fused kernels must compute what the reference kernels compute (checked below)."""
     pytest.importorskip("onnxruntime", reason="needs the onnx extra")
     from mnv4.export.onnx import export_onnx, onnx_session, run_session
     from mnv4.export.quantize import quantize_onnx
@@ -115,6 +124,9 @@ def test_onnx_int8_within_one_point(digits_model, tmp_path):
     assert abs(acc32 - acc_torch) < 1e-9
     assert acc8 >= acc32 - 0.01, f"int8 top-1 {acc8:.4f} vs fp32 {acc32:.4f}"
     _assert_judged_ok(model, root, lambda x: run_session(s8, x)[0], "ONNX", report.path)
+    x = _val_images(model, root).numpy()
+    fused, reference = run_session(s8, x)[0], run_session(onnx_session(report.path, optimize=False), x)[0]
+    assert sqnr_db(fused, reference) > 25, "ORT's fused int8 kernels differ from its reference ones (saturation?)"
 
     # it is really int8: QDQ around the convs with int8 per-channel weights, and about 4x smaller
     import onnx
@@ -191,7 +203,6 @@ def test_qat_files_compute_the_converted_graph(digits_model, tmp_path):
     from mnv4.export.executorch import ExecuTorchRunner, delegated_ops
     from mnv4.export.onnx import onnx_session, run_session
     from mnv4.export.qat import train_qat
-    from mnv4.export.verify import sqnr_db
     from mnv4.train import TrainConfig
 
     model, root = digits_model
