@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmarking {name} ...", flush=True)
             with native_stderr_to(log):  # the toolkits' C++ chatter; our progress lines go to stdout
                 rows.append(bench_model(name, args, Path(tmp)))
+            if len(args.models) > 1:  # each model's results as soon as they exist: a long run cut short keeps them
+                print_report(rows[-1:], args)
     print_report(rows, args)
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "clock": args.clock, "runs": args.runs,
