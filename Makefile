@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q -e ".[dev,tflite,coreml]"
+	$(BIN)/pip install -q -e ".[dev,tflite,coreml,executorch]"
 	touch $(STAMP)
 
 models: $(STAMP)

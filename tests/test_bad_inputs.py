@@ -271,5 +271,5 @@ def test_export_calibration_and_accuracy_images_skip_and_count_bad_files(picture
     from mnv4.export.quantize import quantize_onnx
 
     fp32 = export_onnx(model, tmp_path / "m.onnx", input_size=(32, 32))
-    report = quantize_onnx(fp32, tmp_path / "m.int8.onnx", data, input_size=(32, 32), preprocess=preprocess)
+    report = quantize_onnx(fp32, tmp_path / "m.int8.onnx", data, preprocess=preprocess)
     assert (report.num_images, report.skipped) == (6, 2) and "2 unreadable skipped" in report.summary()

@@ -10,6 +10,7 @@ from torch import nn
 
 from mnv4.bench import BenchConfig, load_results, run_benchmark
 from mnv4.bench.backends import (
+    AOTInductorBackend,
     CompileBackend,
     CudaBackend,
     EagerBackend,
@@ -172,13 +173,14 @@ def test_deployed_backend_matches_eager_on_mnv4_and_baseline(tmp_path):
         assert relative_error(got, expected) < 1e-4, name
 
 
-def test_compile_backend_on_a_small_network(tmp_path):
-    backend = CompileBackend()
+@pytest.mark.parametrize(
+    "backend", [CompileBackend(), pytest.param(AOTInductorBackend(), marks=pytest.mark.slow)], ids=lambda b: b.name
+)
+def test_compiling_backends_on_a_small_network(tmp_path, backend):
     if not backend.available():
         pytest.skip(backend.unavailable_reason())
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 4)).eval()
-    x = torch.randn(1, 3, 16, 16)
+    net = _small_net()
+    x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         expected = net(x)
     prepared = backend.prepare(net, x, tmp_path, 1)
@@ -214,8 +216,47 @@ def test_cuda_backend_parts_without_a_gpu():
         assert fp32.unavailable_reason() == "no CUDA device"
         chosen, skipped = resolve_backends(None)
         assert "cuda-fp32" in skipped and "cuda-fp32" not in [b.name for b in chosen]
-        with pytest.raises(ValueError, match="not available here: no CUDA device"):
+        # named but unavailable: skipped with the reason while the others run; alone: one clear error
+        chosen, skipped = resolve_backends(["eager", "cuda-bf16"])
+        assert [b.name for b in chosen] == ["eager"] and skipped == {"cuda-bf16": "no CUDA device"}
+        with pytest.raises(ValueError, match=r"none of the requested backends is available here \(cuda-bf16: no CUDA"):
             resolve_backends(["cuda-bf16"])
+
+
+def test_slow_to_build_backends_only_when_named():
+    chosen, skipped = resolve_backends(None)
+    default = {b.name for b in chosen} | set(skipped)
+    assert {"eager", "deployed", "compile", "onnxruntime", "litert", "executorch"} <= default
+    assert not {"aoti", "executorch-int8"} & default  # minutes per model: opt-in
+    chosen, skipped = resolve_backends(["aoti", "executorch-int8"])
+    assert {b.name for b in chosen} | set(skipped) == {"aoti", "executorch-int8"}
+
+
+def _small_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 4)).eval()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_executorch_backends_on_a_small_network(tmp_path, int8):
+    from mnv4.bench.backends import ExecuTorchBackend
+
+    backend = ExecuTorchBackend(int8=int8)
+    if not backend.available():
+        pytest.skip(backend.unavailable_reason())
+    net = _small_net()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+    (got,) = backend.prepare(net, x, tmp_path, 1).run()
+    if int8:  # int8 ranges from noise images: close, not equal
+        assert backend.dtype == "int8" and (got - expected).abs().max() < 0.1 * expected.abs().max() + 1e-3
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(NotApplicable, match="batch 1"):
+        backend.prepare(net, torch.randn(2, 3, 16, 16), tmp_path, 1)
+
+
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

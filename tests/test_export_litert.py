@@ -51,6 +51,7 @@ def test_cli_export_tflite(tmp_path, capsys):
     from mnv4.cli import main
 
     out = tmp_path / "cs.tflite"
-    args = ["export", "mobilenetv4_conv_small", "--format", "tflite", "--size", "64", "64", "--out", str(out)]
+    args = ["export", "mobilenetv4_conv_small", "--format", "tflite", "--size", "64", "64", "--random-weights",
+            "--out", str(out)]
     assert main(args) == 0
     assert "LiteRT check OK" in capsys.readouterr().out

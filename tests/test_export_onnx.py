@@ -130,7 +130,7 @@ def test_cli_export_onnx_verifies(tmp_path, capsys):
     "extra, message",
     [
         (["--int8"], "--int8 needs --calib"),
-        (["--fp16"], "--fp16 is for tflite and coreml"),
+        (["--fp16"], "--fp16 is not available for --format onnx"),
         (["--size", "16", "16"], "--size must be >= 32"),
         (["--weights", "/nonexistent.safetensors"], "does not exist"),
     ],

@@ -1,13 +1,14 @@
 """The runtimes ``mnv4 bench`` measures, one small class each.
 
-A backend says whether it can run here (``unavailable_reason``: None, or why not -- a missing package, no GPU, no
-C++ compiler), and ``prepare``s a model into a zero-argument callable that runs one forward pass on a fixed input.
-Optional packages are imported inside the methods, so a missing one makes its backend unavailable, never the tool.
+A backend says whether it can run here (``unavailable_reason``: None, or why not -- a missing package, one that is
+installed but fails to import, no GPU, no C++ compiler), and ``prepare``s a model into a zero-argument callable that
+runs one forward pass on a fixed input. Optional packages are imported inside the methods, so a missing or broken one
+makes its backend unavailable, never the tool.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +25,21 @@ class NotApplicable(Exception):
     """This backend cannot run this particular model (e.g. the deploy pass only knows MobileNetV4)."""
 
 
+def import_failure(*modules: str, extra: str | None = None) -> str | None:
+    """None when every module imports; otherwise why one does not -- not installed, or installed but broken (an
+    ``OSError`` from a shared library that does not load, an ``AttributeError`` from mismatched versions...)."""
+    hint = f"; pip install 'mnv4[{extra}]'" if extra else ""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            return f"needs {err.name or module}{hint}"
+        except Exception as err:  # noqa: BLE001 -- whatever breaks an optional import makes the backend unavailable
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            return f"{module} fails to import ({type(err).__name__}: {first_line})"
+    return None
+
+
 @dataclass(frozen=True)
 class Prepared:
     run: Callable[[], object]  # one forward pass
@@ -36,6 +52,7 @@ class Backend:
     description = ""
     device = "cpu"
     dtype = "fp32"
+    in_default_run = True  # False: slow to build (minutes per model); measured only when named in --backends
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -90,11 +107,7 @@ class DeployedBackend(Backend):
     description = "PyTorch eager, BN folded, channels_last, fp32"
 
     def unavailable_reason(self):
-        try:
-            from ..deploy import deploy  # noqa: F401
-        except (ImportError, AttributeError) as err:
-            return f"mnv4.deploy not importable ({err})"
-        return None
+        return import_failure("mnv4.deploy")
 
     def prepare(self, model, example, workdir, threads):
         deployed, how = deploy_for_inference(model)
@@ -129,13 +142,7 @@ class OnnxRuntimeBackend(Backend):
     description = "ONNX Runtime CPU execution provider, fp32, graph optimisations on"
 
     def unavailable_reason(self):
-        try:
-            import onnxruntime  # noqa: F401
-
-            from ..export.onnx import export_onnx  # noqa: F401
-        except (ImportError, AttributeError) as err:
-            return f"needs onnxruntime and mnv4.export.onnx ({err}); pip install 'mnv4[onnx]'"
-        return None
+        return import_failure("onnx", "onnxruntime", "onnxslim", "mnv4.export.onnx", extra="onnx")
 
     def prepare(self, model, example, workdir, threads):
         from ..export.onnx import export_onnx, onnx_session
@@ -161,19 +168,12 @@ class LiteRTBackend(Backend):
     description = "LiteRT (TFLite) interpreter, XNNPACK, fp32; exported by litert-torch (mnv4.export.litert)"
 
     def unavailable_reason(self):
-        from importlib.util import find_spec
+        from ..export.toolkit_logs import quiet_toolkit_env
 
-        missing = [m for m in ("litert_torch", "ai_edge_litert") if find_spec(m) is None]
-        if missing:
-            return f"needs {' and '.join(missing)}; pip install 'mnv4[tflite]'"
-        try:
-            from ..export.litert import LiteRTRunner, export_litert  # noqa: F401
-        except (ImportError, AttributeError) as err:
-            return f"mnv4.export.litert not importable ({err})"
-        return None
+        quiet_toolkit_env()  # before TensorFlow's first import: its C++ info lines
+        return import_failure("litert_torch", "ai_edge_litert.interpreter", "mnv4.export.litert", extra="tflite")
 
     def prepare(self, model, example, workdir, threads):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the converter's TensorFlow C++ info lines
         from ..export.litert import LiteRTRunner, convert_quiet, export_litert
         from ..model import MobileNetV4
 
@@ -198,6 +198,74 @@ class LiteRTBackend(Backend):
         return Prepared(run, note=note)
 
 
+class ExecuTorchBackend(Backend):
+    """ExecuTorch's runtime with the XNNPACK delegate, fp32 or int8 (PT2E, ``mnv4.export.executorch``)."""
+
+    def __init__(self, int8: bool = False):
+        self.int8 = int8
+        self.in_default_run = not int8  # PT2E calibration with histogram observers: about a minute per model
+        self.dtype = "int8" if int8 else "fp32"
+        self.name = "executorch-int8" if int8 else "executorch"
+        self.description = (
+            f"ExecuTorch runtime, XNNPACK delegate, {'int8 (PT2E, XNNPACKQuantizer, per-channel)' if int8 else 'fp32'}"
+            "; exported by mnv4.export.executorch"
+        )
+
+    def unavailable_reason(self):
+        return import_failure("executorch.runtime", "executorch.exir", "torchao.quantization.pt2e",
+                              "executorch.backends.xnnpack.partition.xnnpack_partitioner", extra="executorch")
+
+    def prepare(self, model, example, workdir, threads):
+        from ..export.executorch import ExecuTorchRunner, export_executorch, lower_to_executorch, xnnpack_quantizer
+        from ..model import MobileNetV4
+
+        if example.shape[0] != 1:
+            raise NotApplicable("ExecuTorch files are exported with batch 1")
+        path = workdir / "model.pte"
+        size = tuple(example.shape[-2:])
+        mnv4_model = isinstance(model, MobileNetV4)
+        if self.int8:  # latency does not depend on what calibration shows: a few noise images set the ranges
+            from ..export.prepare import deployed_for_export
+            from ..export.quantize import pt2e_quantize
+
+            net = deployed_for_export(model) if mnv4_model else model.eval()
+            gen = torch.Generator().manual_seed(0)
+            noise = [torch.randn(1, example.shape[1], *size, generator=gen) for _ in range(4)]
+            lower_to_executorch(pt2e_quantize(net, xnnpack_quantizer(), noise, size), (example,), path)
+        elif mnv4_model:  # deployed (BN folded), MQA in its math form
+            export_executorch(model, path, input_size=size)
+        else:  # the torchvision baselines: the same lowering of the model as it is (XNNPACK fuses their BNs)
+            lower_to_executorch(model.eval(), (example,), path)
+        runner = ExecuTorchRunner(path, threads=threads)
+        inputs = [example.contiguous()]
+        return Prepared(lambda: runner.method.execute(inputs), note="mnv4.export.executorch" if mnv4_model
+                        else "executorch lowering of the model as is")
+
+
+class AOTInductorBackend(Backend):
+    name = "aoti"
+    description = "AOTInductor package (CPU, freezing) of the deployed model, channels_last, fp32"
+    in_default_run = False  # compiling C++ takes minutes per model
+
+    def unavailable_reason(self):
+        from ..export.aoti import compiler_missing
+
+        if not hasattr(torch, "_inductor") or not hasattr(torch._inductor, "aoti_compile_and_package"):
+            return "this PyTorch has no AOTInductor packaging (torch._inductor.aoti_compile_and_package)"
+        return compiler_missing()
+
+    def prepare(self, model, example, workdir, threads):
+        from ..export.aoti import AOTIRunner, compile_aoti
+
+        try:
+            deployed, how = deploy_for_inference(model)
+        except NotApplicable:
+            deployed, how = model.eval(), "not folded"
+        example = example.contiguous(memory_format=torch.channels_last)
+        runner = AOTIRunner(compile_aoti(deployed, example, workdir / "model.pt2"))
+        return Prepared(lambda: runner.run_tensor(example), note=f"{how}; AOTInductor")
+
+
 class CudaBackend(Backend):
     """GPU eager, channels_last, with a batch-size sweep; fp32 or bf16 autocast."""
 
@@ -205,7 +273,7 @@ class CudaBackend(Backend):
 
     def __init__(self, dtype: str):
         if dtype not in ("fp32", "bf16"):
-            raise ValueError(f"CUDA backend dtype must be 'fp32' or 'bf16', got {dtype!r}")
+            raise ValueError(f"CUDA backend dtype must be 'fp32' or 'bf16', got {dtype!r}")  # a programming error
         self.dtype = dtype
         self.name = f"cuda-{dtype}"
         self.description = f"PyTorch eager on CUDA, channels_last, {'bf16 autocast' if dtype == 'bf16' else 'fp32'}"
@@ -239,26 +307,30 @@ def all_backends() -> list[Backend]:
         CompileBackend(),
         OnnxRuntimeBackend(),
         LiteRTBackend(),
+        ExecuTorchBackend(),
+        ExecuTorchBackend(int8=True),
+        AOTInductorBackend(),
         CudaBackend("fp32"),
         CudaBackend("bf16"),
     ]
 
 
 def resolve_backends(names: Sequence[str] | None) -> tuple[list[Backend], dict[str, str]]:
-    """(backends to run, {name: why skipped}). ``None``: every available one. Unknown names raise; a named backend
-    that is unavailable here raises too (the user asked for it explicitly)."""
+    """(backends to run, {name: why skipped}). ``None``: every backend of the default run (the slow-to-build ones,
+    ``in_default_run = False``, only when named). A backend that cannot run here (missing or broken package, no
+    GPU) is skipped with its reason and the others run; unknown names, or a list in which no backend can run,
+    raise a ``UserError``."""
+
     known = {b.name: b for b in all_backends()}
-    if names is None:
-        chosen = list(known.values())
-        skipped = {b.name: reason for b in chosen if (reason := b.unavailable_reason())}
-        return [b for b in chosen if b.name not in skipped], skipped
-    names = list(dict.fromkeys(names))
+    names = [n for n, b in known.items() if b.in_default_run] if names is None else list(dict.fromkeys(names))
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"unknown backend {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")
     if not names:
         raise UserError(f"no backends given; choose from: {', '.join(known)}")
-    for n in names:
-        if reason := known[n].unavailable_reason():
-            raise UserError(f"backend {n!r} is not available here: {reason}")
-    return [known[n] for n in names], {}
+    skipped = {n: reason for n in names if (reason := known[n].unavailable_reason())}
+    chosen = [known[n] for n in names if n not in skipped]
+    if not chosen:
+        reasons = "; ".join(f"{n}: {reason}" for n, reason in skipped.items())
+        raise UserError(f"none of the requested backends is available here ({reasons})")
+    return chosen, skipped

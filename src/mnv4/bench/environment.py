@@ -6,7 +6,8 @@ import os
 import platform
 from importlib import metadata
 
-_LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "ai-edge-litert", "ai-edge-torch", "mnv4")
+_LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "ai-edge-litert", "litert-torch", "executorch",
+              "torchao", "mnv4")
 
 
 def cpu_model() -> str:

@@ -1,4 +1,5 @@
-"""``run_benchmark``: every (model, backend, batch size) cell, timed with the same protocol (docs/bench.md)."""
+"""``run_benchmark``: every (model, backend, batch size) cell, timed with the same protocol (docs/bench.md,
+"Protocol": fixed threads, warm-up, many timed runs, median and p90, setup timed apart)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import torch
 
@@ -67,11 +69,13 @@ def _runs_within_budget(timing_probe_s: float, config: BenchConfig) -> int:
     return max(min(config.min_runs, config.runs), min(config.runs, fit))
 
 
-def run_benchmark(config: BenchConfig, progress: bool = True) -> BenchReport:
+def run_benchmark(config: BenchConfig, progress: bool = True, progress_stream: TextIO | None = None) -> BenchReport:
     """Measure every requested model on every requested backend; one ``BenchRecord`` per cell.
 
     A backend that cannot run one model (export unsupported, conversion error) gets a 'failed' / 'n/a' record with
-    the reason -- as the paper's Tab. 6 prints "Failed" -- and the run goes on.
+    the reason -- as the paper's Tab. 6 prints "Failed" -- and the run goes on. ``progress_stream``: where the
+    progress bar goes (default stderr; ``mnv4 bench`` passes the real screen while the toolkits' log output is sent
+    to a file).
     """
     from tqdm.auto import tqdm
 
@@ -87,7 +91,8 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> BenchReport:
     torch.set_num_threads(threads)
     environment = capture_environment(threads)
     records: list[BenchRecord] = []
-    bar = tqdm(total=len(cells), desc="bench", unit="cell", disable=not progress, file=sys.stderr, leave=True)
+    bar = tqdm(total=len(cells), desc="bench", unit="cell", disable=not progress,
+               file=progress_stream or sys.stderr, leave=True)
     try:
         with tempfile.TemporaryDirectory(prefix="mnv4-bench-") as tmp:
             for entry in entries:

@@ -23,16 +23,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="latency of MNv4 vs MobileNetV3 on every runtime here; table, CSV/JSON, Pareto plot",
         description="Time the five paper models at their paper resolutions and torchvision's MobileNetV3-Large/-Small "
         "(random init; nothing is downloaded) on every backend available here: PyTorch eager, deployed (BN folded, "
-        "channels_last), torch.compile, ONNX Runtime, LiteRT, CUDA (fp32 and bf16, with a batch-size sweep). "
+        "channels_last), torch.compile, AOTInductor, ONNX Runtime, LiteRT, ExecuTorch (fp32 and int8), CUDA (fp32 "
+        "and bf16, with a batch-size sweep). "
         "Protocol: fixed threads, warm-up, many timed runs (capped by a time budget per cell), median and p90; "
-        "export/compile time reported apart. Writes bench.csv, bench.json and bench_pareto.png into --out.",
+        "export/compile time reported apart. Writes bench.csv, bench.json and bench_pareto.png into --out, and the "
+        "toolkits' own log output into --out/toolkits.log.",
     )
     p.add_argument("--models", type=_names, default=None,
                    help="comma-separated names (mnv4 variants, mobilenet_v3_large, mobilenet_v3_small); "
                    "default: the five paper models + both MobileNetV3s")
     p.add_argument("--backends", type=_names, default=None,
-                   help="comma-separated: eager, deployed, compile, onnxruntime, litert, cuda-fp32, cuda-bf16; "
-                   "default: every one available here")
+                   help="comma-separated: eager, deployed, compile, aoti, onnxruntime, litert, executorch, "
+                   "executorch-int8, cuda-fp32, cuda-bf16; default: every one available here (one that cannot run "
+                   "here is skipped with the reason)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for every backend (default: one per physical core)")
     p.add_argument("--batch-size", type=int, default=1, help="CPU batch size (default 1, as on phones)")
@@ -61,16 +64,28 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     from ..bench import format_table, run_benchmark, write_csv, write_json
     from ..bench.catalog import REFERENCE_MODEL, catalog_entry
     from ..bench.results import format_environment, format_throughput
     from ..errors import UserError
+    from ..export.toolkit_logs import toolkit_logs_to
 
     config = config_from_args(args)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
-    report = run_benchmark(config)
-    args.out.mkdir(parents=True, exist_ok=True)
+    # The toolkits' own log lines (TensorFlow/LiteRT, torch, torchao, ExecuTorch...) go to a file, not between the
+    # progress bar and the table; the file is kept in --out when it holds anything.
+    with tempfile.TemporaryDirectory(prefix="mnv4-bench-log-") as tmp:
+        log = Path(tmp) / "toolkits.log"
+        with toolkit_logs_to(log) as screen:
+            report = run_benchmark(config, progress_stream=screen)
+        args.out.mkdir(parents=True, exist_ok=True)
+        chatter = log.read_text(errors="replace").splitlines() if log.exists() else []
+        if chatter:
+            shutil.copyfile(log, args.out / "toolkits.log")
     print(format_environment(report))
     print()
     print(format_table(report))
@@ -94,4 +109,6 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"no plot: {err}")
     print("\nwrote " + ", ".join(str(p) for p in paths))
+    if chatter:
+        print(f"the toolkits' log output ({len(chatter)} lines) is in {args.out / 'toolkits.log'}")
     return 0

@@ -38,6 +38,8 @@ OVERRIDES: list[tuple[str, str, object, str]] = [
     ("--kd-temperature", "kd_temperature", float, "distillation temperature"),
     ("--kd-alpha", "kd_alpha", float, "weight of the distillation term (1 - alpha for the labels)"),
     ("--soft-labels", "soft_labels", str, "offline distillation: a file from --precompute-soft-labels"),
+    ("--qat", "qat", None, "quantization-aware training: fine-tune --pretrained weights with int8 fake-quant, "
+     "then write model_int8.pte (ExecuTorch) and model_int8.onnx (ONNX Runtime) to --out"),
     ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler); default: bf16 on CUDA, "
                                       "fp32 on the CPU"),
@@ -122,7 +124,14 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {path}")
         return 0
-    result = train(cfg)
+    if cfg.qat:
+        from ..export.qat import train_qat
+
+        qat = train_qat(cfg)
+        result = qat.train
+        print(f"int8 files (quantization-aware): {qat.files.executorch}, {qat.files.onnx}")
+    else:
+        result = train(cfg)
     final = result.final
     if final:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))

@@ -2,7 +2,8 @@
 
 The deployed model (BN folded, Mobile MQA in its ``math`` form: matmul / softmax / reshape / transpose, all native
 ML Program ops) is captured with ``torch.export`` and converted with ``convert_to="mlprogram"``. The paper left the
-hybrids out of its Core ML runs for lack of a PyTorch Mobile MQA (its README); here every variant converts.
+hybrids out of its Core ML runs for lack of a PyTorch Mobile MQA (the caption of its latency figure); here every
+variant converts.
 
 coremltools can only *run* a model on macOS. Elsewhere ``inspect_coreml`` checks the converted program instead:
 its input/output names and shapes, the op histogram, and that every op is a registered ML Program (MIL) op; on macOS
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..deploy import deploy, is_deployed
-from ..model import MobileNetV4
+from ..errors import UserError
 from . import require
+from .prepare import deployed_for_export
 from .verify import FP16_TOLERANCE, FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 INPUT_NAME = "input"
@@ -45,15 +46,11 @@ def export_coreml(
     ``fp16=False`` keeps fp32 end to end.
     """
     ct = require("coremltools")
-    if not isinstance(model, MobileNetV4):
-        raise TypeError(f"expected a mnv4 MobileNetV4, got {type(model).__name__}")
-    if model.features_only:
-        raise ValueError("Core ML export takes a classifier; features_only models export to ONNX")
     path = Path(path)
     if path.suffix != ".mlpackage":
-        raise ValueError(f"a Core ML ML Program is saved as a .mlpackage directory; got {path}")
+        raise UserError(f"a Core ML ML Program is saved as a .mlpackage directory; got {path}")
+    net = deployed_for_export(model, classifier_for="Core ML")
     size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
-    net = (model if is_deployed(model) else deploy(model)).float().eval().set_attention_impl("math")
     sample = torch.zeros(1, net.in_chans, *size)
     quiet = contextlib.redirect_stderr(io.StringIO())  # coremltools' progress bars
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet, torch.no_grad():
@@ -109,7 +106,7 @@ def inspect_coreml(path: str | Path) -> CoreMLSummary:
         mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
     spec = mlmodel.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
-        raise RuntimeError(f"{path} is not an ML Program (got {spec.WhichOneof('Type')})")
+        raise UserError(f"{path} is not an ML Program (got {spec.WhichOneof('Type')})")
     inputs = {i.name: list(i.type.multiArrayType.shape) for i in spec.description.input}
     outputs = [o.name for o in spec.description.output]
     counts: Counter = Counter()

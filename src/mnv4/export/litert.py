@@ -19,19 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..deploy import deploy, is_deployed
-from ..model import MobileNetV4
 from . import require
+from .prepare import deployed_for_export
 from .verify import FP16_TOLERANCE, FP32_TOLERANCE, ExportCheck, compare, random_inputs
-
-
-def prepare_litert(model: nn.Module) -> MobileNetV4:
-    if not isinstance(model, MobileNetV4):
-        raise TypeError(f"expected a mnv4 MobileNetV4, got {type(model).__name__}")
-    if model.features_only:
-        raise ValueError("LiteRT export takes a classifier; features_only models export to ONNX")
-    net = model if is_deployed(model) else deploy(model)
-    return net.float().eval().set_attention_impl("math")
 
 
 def convert_quiet(module: nn.Module, sample: tuple[torch.Tensor, ...], out_path: str | Path, **kwargs) -> Path:
@@ -72,7 +62,7 @@ def export_litert(
     ``fp16=True`` stores the weights in fp16 (half the file size).
     """
     require("ai_edge_litert")
-    net = prepare_litert(model)
+    net = deployed_for_export(model, classifier_for="LiteRT")
     size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
     sample = (torch.zeros(1, net.in_chans, *size),)
     path = Path(path)

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..deploy import deploy, is_deployed
+from ..errors import UserError
 from ..model import MobileNetV4
 from ..specs import MIN_INPUT_SIZE
 from . import require
+from .prepare import deployed_for_export
 from .verify import FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 MIN_OPSET = 17
@@ -46,25 +47,16 @@ class OnnxExportConfig:
 
     def __post_init__(self) -> None:
         if self.opset < MIN_OPSET:
-            raise ValueError(f"opset must be >= {MIN_OPSET} (LayerNorm-free, but we rely on opset-17 semantics)")
+            raise UserError(f"opset must be >= {MIN_OPSET} (LayerNorm-free, but we rely on opset-17 semantics)")
         if self.exporter not in EXPORTERS:
-            raise ValueError(f"exporter must be one of {EXPORTERS}, got {self.exporter!r}")
+            raise UserError(f"exporter must be one of {EXPORTERS}, got {self.exporter!r}")
         check_input_size(self.input_size)
 
 
 def check_input_size(size) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(s, int) and s >= MIN_INPUT_SIZE for s in size):
-        raise ValueError(f"input size must be two ints (H, W) >= {MIN_INPUT_SIZE}, got {size!r}")
+        raise UserError(f"input size must be two ints (H, W) >= {MIN_INPUT_SIZE}, got {size!r}")
     return tuple(size)
-
-
-def prepare(model: nn.Module, attn_impl: str = "math") -> MobileNetV4:
-    """The deployed (folded, eval-mode) copy of ``model`` that gets exported."""
-    if not isinstance(model, MobileNetV4):
-        raise TypeError(f"expected a mnv4 MobileNetV4, got {type(model).__name__}")
-    model = model if is_deployed(model) else deploy(model)
-    model = model.float().eval()
-    return model.set_attention_impl(attn_impl)
 
 
 def output_names(model: MobileNetV4) -> list[str]:
@@ -103,7 +95,7 @@ def export_onnx(
         raise TypeError(f"expected a mnv4 MobileNetV4, got {type(model).__name__}")
     res = input_size or (model.spec.resolution, model.spec.resolution)
     cfg = OnnxExportConfig(tuple(res), opset, dynamic_batch, dynamic_hw, simplify, exporter, attn_impl)
-    net = prepare(model, cfg.attn_impl)
+    net = deployed_for_export(model, attn_impl=cfg.attn_impl)
     doc = f"mnv4 {net.spec.name} ({cfg.exporter} exporter, opset {cfg.opset}, BN folded)"
     return export_module_onnx(net, path, cfg, output_names(net), in_chans=net.in_chans, doc=doc)
 

@@ -1,13 +1,21 @@
-"""int8 post-training quantization: ONNX Runtime static QDQ and LiteRT int8 (litert-torch PT2E), with accuracy checks.
+"""int8 post-training quantization: ONNX Runtime static QDQ, LiteRT int8 and ExecuTorch int8 (both PT2E), with
+accuracy checks.
 
-ONNX Runtime: ``quantize_static`` in QDQ format, per-channel symmetric int8 weights, uint8 activations (the x86 /
-ARM fast path: ORT fuses each DequantizeLinear -> Conv -> QuantizeLinear into a QLinearConv), MinMax calibration on
-a folder of images. Everything except the graph input and the final logits runs in int8, the Mobile MQA matmuls
-included.
+Every path calibrates on images preprocessed exactly as the model's tag is evaluated
+(``mnv4.export.data.Preprocess.for_model``): int8 ranges measured on another distribution than the one the model sees
+at evaluation clip or waste the int8 grid.
+
+ONNX Runtime: ``quantize_static`` in QDQ format, per-channel symmetric 8-bit weights (u8: ``OrtQuantSettings``),
+uint8 activations (the x86 / ARM fast path: ORT fuses each DequantizeLinear -> Conv -> QuantizeLinear into a
+QLinearConv), MinMax calibration on a folder of images. Everything except the graph input and the final logits
+runs in int8, the Mobile MQA matmuls included.
 
 LiteRT: ``litert_torch``'s PT2E path: ``torch.export`` -> ``prepare_pt2e`` with its symmetric per-channel
 quantizer -> calibration forward passes -> ``convert_pt2e`` -> ``litert_torch.convert``: int8 kernels, and int8
 input/output tensors, which ``mnv4.export.litert.LiteRTRunner`` (de)quantizes with the file's scale/zero point.
+
+ExecuTorch: the same PT2E steps with ExecuTorch's ``XNNPACKQuantizer`` (``mnv4.export.executorch``), lowered to the
+XNNPACK delegate; float32 input and output.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import io
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +36,7 @@ from torch import nn
 from ..errors import UserError
 from . import require
 from .data import DecodeError, Preprocess, calibration_images, load_batch, load_images, scan_folder
+from .prepare import deployed_for_export
 
 
 @dataclass(frozen=True)
@@ -38,10 +47,17 @@ class CalibrationReport:
     num_images: int  # decoded and used
     folder: str
     skipped: int = 0  # calibration images that could not be decoded (each logged)
+    skipped_files: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, out_path, paths: Sequence[Path], folder, skipped: Sequence[DecodeError]) -> CalibrationReport:
+        return cls(str(out_path), len(paths) - len(skipped), str(folder), len(skipped),
+                   tuple(err.path for err in skipped))
 
     def summary(self) -> str:
         size = os.path.getsize(self.path) / 2**20
-        skipped = f" ({self.skipped} unreadable skipped)" if self.skipped else ""
+        names = ", ".join(Path(p).name for p in self.skipped_files[:3]) + (", ..." if self.skipped > 3 else "")
+        skipped = f" ({self.skipped} unreadable skipped: {names})" if self.skipped else ""
         return (f"int8 model {self.path} ({size:.2f} MiB), calibrated on {self.num_images} images from "
                 f"{self.folder}{skipped}")
 
@@ -69,47 +85,121 @@ def _calibration_reader(batches, input_name: str):
     return FolderReader()
 
 
+@dataclass(frozen=True)
+class OrtQuantSettings:
+    """How ``quantize_onnx`` quantizes (the defaults are the measured choice, docs/deploy.md "ONNX Runtime int8").
+
+    ``weights``/``reduce_range``: ONNX Runtime's x86 int8 convolutions without VNNI (AVX2, AVX-512 without VNNI) add
+    pairs of u8 x s8 products in 16 bits, which saturates with full-range 8-bit s8 weights (digits Conv-S: 87-91%
+    top-1 agreement with fp32). Two ways out: 7-bit s8 weights (``reduce_range``: the fast U8S8 kernels, but a
+    coarser grid, 1-3 points of digits top-1 lost) or 8-bit u8 weights (ORT's U8U8 kernels, which do not saturate:
+    digits top-1 within +-0.3 to +2 points of fp32, ~30% slower than U8S8 on AVX2). The default is the accurate one;
+    ``FAST_ORT_INT8`` is the other. ``fp32_ops``: op types left in fp32 (no QDQ around them). ``fp32_first_conv``:
+    keep the stem conv (3 input channels: a K=27 im2col that int8 kernels run poorly) in fp32.
+    """
+
+    activations: str = "u8"  # "u8" (asymmetric) or "s8" (symmetric)
+    weights: str = "u8"  # "u8" (ORT's U8U8 kernels: no 16-bit saturation) or "s8" (U8S8: faster on x86)
+    per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights
+    fp32_first_conv: bool = False
+    fp32_ops: tuple[str, ...] = ()
+    pre_process: bool = True  # ORT's shape inference + optimisation pre-pass (quant_pre_process)
+
+    def __post_init__(self) -> None:
+        if self.activations not in ("u8", "s8"):
+            raise ValueError(f"activations must be 'u8' or 's8', got {self.activations!r}")
+        if self.weights not in ("u8", "s8"):
+            raise ValueError(f"weights must be 'u8' or 's8', got {self.weights!r}")
+
+
+# U8S8 with 7-bit weights: ORT's fastest x86 int8 kernels without saturation, for ~1-3 points of top-1 (see above)
+FAST_ORT_INT8 = OrtQuantSettings(weights="s8", reduce_range=True)
+
+
+def _first_conv(proto) -> str | None:
+    return next((n.name for n in proto.graph.node if n.op_type == "Conv"), None)
+
+
 def quantize_onnx(
     fp32_path: str | Path,
     out_path: str | Path,
     calib_dir: str | Path,
     *,
-    input_size: tuple[int, int],
+    preprocess: Preprocess,
     num_images: int = 256,
-    preprocess: Preprocess | None = None,
+    settings: OrtQuantSettings | None = None,
 ) -> CalibrationReport:
     """Static int8 QDQ quantization of an fp32 ONNX export (``mnv4.export.onnx.export_onnx``, dynamic batch).
 
-    Calibrates on up to ``num_images`` images of ``calib_dir`` (labelled or flat folder), preprocessed by
-    ``preprocess`` (default: resize to ``input_size``, ImageNet normalisation).
+    Calibrates (MinMax) on up to ``num_images`` images of ``calib_dir`` (labelled or flat folder), preprocessed by
+    ``preprocess`` -- ``Preprocess.for_model(model, size)`` of the model the file was exported from (the file alone
+    does not know its tag's evaluation preprocessing, hence no default). ``settings``: see ``OrtQuantSettings``.
     """
     onnx = require("onnx")
     ort_quant = require("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    settings = settings or OrtQuantSettings()
     paths = calibration_images(calib_dir, num_images)
-    preprocess = preprocess or Preprocess(tuple(input_size))
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
     skipped: list[DecodeError] = []
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    u8 = settings.activations == "u8"
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        prepped = Path(tmp) / "prepped.onnx"
-        # ORT's recommended pre-pass: shape inference + graph optimisation, so QDQ pairs land where kernels fuse.
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+        source = Path(fp32_path)
+        if settings.pre_process:
+            # ORT's recommended pre-pass: shape inference + graph optimisation, so QDQ pairs land where kernels fuse
+            source = Path(tmp) / "prepped.onnx"
+            quant_pre_process(str(fp32_path), str(source), skip_symbolic_shape=False)
+        proto = onnx.load(str(source), load_external_data=False)
+        ops = sorted({n.op_type for n in proto.graph.node} - set(settings.fp32_ops))
+        excluded = [name for name in [_first_conv(proto)] if name] if settings.fp32_first_conv else []
         ort_quant.quantize_static(
-            str(prepped),
+            str(source),
             str(out_path),
             _calibration_reader(_calibration_batches(paths, preprocess, skipped, batch=8), input_name),
             quant_format=ort_quant.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=ort_quant.QuantType.QUInt8,
-            weight_type=ort_quant.QuantType.QInt8,
+            op_types_to_quantize=ops,
+            nodes_to_exclude=excluded,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=ort_quant.QuantType.QUInt8 if u8 else ort_quant.QuantType.QInt8,
+            weight_type=ort_quant.QuantType.QInt8 if settings.weights == "s8" else ort_quant.QuantType.QUInt8,
             calibrate_method=ort_quant.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            extra_options={"ActivationSymmetric": not u8, "WeightSymmetric": True},
         )
-    return CalibrationReport(str(out_path), len(paths) - len(skipped), str(calib_dir), len(skipped))
+    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
+
+
+def pt2e_quantize(
+    net: nn.Module, quantizer, calibration: Iterable[torch.Tensor], input_size: tuple[int, int],
+    *, fold_quantize: bool = True,
+) -> nn.Module:
+    """PT2E post-training quantization of an eval-mode module: ``torch.export`` at batch 1 -> ``prepare_pt2e`` with
+    ``quantizer`` -> one forward pass per calibration tensor (``1 x C x H x W``) -> ``convert_pt2e``. Returns the
+    converted graph (quantize/dequantize ops around the int8-annotated ops), ready for a backend's lowering."""
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    sample = (torch.zeros(1, getattr(net, "in_chans", 3), *input_size),)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        graph = torch.export.export(net, sample).module()
+        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        for x in calibration:  # one image per call: the exported graph is specialised to batch 1
+            prepared(x)
+        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=fold_quantize)
+
+
+def calibration_tensors(
+    paths: Sequence[Path], preprocess: Preprocess, skipped: list[DecodeError]
+) -> Iterator[torch.Tensor]:
+    """The decodable calibration images one by one, as ``1 x C x H x W`` tensors (the PT2E graphs are specialised
+    to batch 1); the others are logged and appended to ``skipped``."""
+    for x in _calibration_batches(paths, preprocess, skipped, batch=1):
+        yield torch.from_numpy(x)
 
 
 def export_litert_int8(
@@ -119,32 +209,46 @@ def export_litert_int8(
     *,
     input_size: tuple[int, int],
     num_images: int = 256,
-    preprocess: Preprocess | None = None,
 ) -> CalibrationReport:
-    """LiteRT int8 (per-channel weights, int8 activations and I/O) through litert-torch's PT2E path."""
-    from .litert import convert_quiet, prepare_litert
+    """LiteRT int8 (per-channel weights, int8 activations and I/O) through litert-torch's PT2E path, calibrated on
+    ``calib_dir`` with the model's evaluation preprocessing."""
+    from .litert import convert_quiet
 
     require("litert_torch")
     from litert_torch.quantize import pt2e_quantizer, quant_config
-    from torchao.quantization.pt2e import quantize_pt2e
 
-    net = prepare_litert(model)
+    net = deployed_for_export(model, classifier_for="LiteRT")
     paths = calibration_images(calib_dir, num_images)
-    preprocess = preprocess or Preprocess.for_model(model, tuple(input_size))
-    sample = (torch.zeros(1, net.in_chans, *input_size),)
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     )
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        graph = torch.export.export(net, sample).module()
-        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
-        skipped: list[DecodeError] = []
-        for x in _calibration_batches(paths, preprocess, skipped, batch=1):  # the graph is specialised to batch 1
-            prepared(torch.from_numpy(x))
-        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    skipped: list[DecodeError] = []
+    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)), skipped)
+    converted = pt2e_quantize(net, quantizer, images, tuple(input_size), fold_quantize=False)
+    sample = (torch.zeros(1, net.in_chans, *input_size),)
     convert_quiet(converted, sample, out_path, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return CalibrationReport(str(out_path), len(paths) - len(skipped), str(calib_dir), len(skipped))
+    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
+
+
+def export_executorch_int8(
+    model: nn.Module,
+    out_path: str | Path,
+    calib_dir: str | Path,
+    *,
+    input_size: tuple[int, int],
+    num_images: int = 256,
+) -> CalibrationReport:
+    """ExecuTorch int8 (``.pte``, XNNPACK): PT2E with ``mnv4.export.executorch.xnnpack_quantizer()`` calibrated on
+    ``calib_dir`` with the model's evaluation preprocessing; float32 input and output."""
+    from .executorch import lower_to_executorch, xnnpack_quantizer
+
+    net = deployed_for_export(model, classifier_for="ExecuTorch")
+    paths = calibration_images(calib_dir, num_images)
+    skipped: list[DecodeError] = []
+    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)), skipped)
+    converted = pt2e_quantize(net, xnnpack_quantizer(), images, tuple(input_size))
+    lower_to_executorch(converted, (torch.zeros(1, net.in_chans, *input_size),), out_path)
+    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
 
 
 # ---------------------------------------------------------------------------------------------- accuracy

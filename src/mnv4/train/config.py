@@ -98,6 +98,10 @@ class TrainConfig:
     kd_alpha: float = 1.0  # weight of the KD term; (1 - kd_alpha) * CE(labels) is added
     soft_labels: str | None = None  # offline distillation: a file from ``precompute_soft_labels``
 
+    # quantization-aware training (mnv4.export.qat): fine-tune ``pretrained`` fp32 weights with fake-quant, then
+    # write int8 ExecuTorch (.pte) and ONNX QDQ files next to the checkpoints
+    qat: bool = False
+
     # engine
     device: str = "auto"  # 'auto' = cuda if available else cpu
     # None: fitted to the device when the run starts (``mnv4.train.plan.fit_to_device``): on CUDA bf16 autocast,
