@@ -43,7 +43,7 @@ def fp32_config(data: Path, out: Path, epochs: float, threads: int):
 
     return TrainConfig(
         model="mobilenetv4_conv_small", data=str(data), out=str(out), image_size=SIZE[0], epochs=epochs,
-        global_batch=32, lr=2e-3, warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, crop_pct=1.0,
+        global_batch=32, lr=2e-3, warmup_epochs=1, weight_decay=0.05, label_smoothing=0.1, val_crop_pct=1.0,
         crop_scale_min=0.85, hflip=False, grad_clip=1.0, ema_decay=0.99, ema_start_epochs=epochs / 2, workers=0,
         threads=threads, progress=False, tensorboard=False, seed=0,
     )

@@ -210,7 +210,7 @@ def test_qat_files_compute_the_converted_graph(digits_model, tmp_path):
     save_file(model.state_dict(), str(weights))
     cfg = TrainConfig(
         model="mobilenetv4_conv_small", data=str(root), out=str(tmp_path / "qat"), pretrained=str(weights), qat=True,
-        image_size=SIZE[0], epochs=1, max_steps=8, global_batch=32, lr=1e-4, crop_pct=1.0, crop_scale_min=0.85,
+        image_size=SIZE[0], epochs=1, max_steps=8, global_batch=32, lr=1e-4, val_crop_pct=1.0, crop_scale_min=0.85,
         hflip=False, workers=0, progress=False, tensorboard=False,
     )
     result = train_qat(cfg)

@@ -217,7 +217,7 @@ def train_qat(cfg) -> QATResult:
     size = cfg.image_size or model.spec.resolution
     if cfg.ema_decay:
         log.info("--qat: EMA off (its average of fake-quant observers would be meaningless)")
-    cfg = replace(cfg, image_size=size, ema_decay=None, dropout=0.0, drop_path=0.0, channels_last=False)
+    cfg = replace(cfg, image_size=size, ema_decay=None, dropout=0.0, drop_path=0.0, channels_last=False, compile=False)
     prepared = prepare_qat(model, (size, size))
     log.info("QAT: %s with fake-quant (XNNPACK quantizer, per-channel int8 weights, int8 activations) at %d px",
              cfg.model, size)
