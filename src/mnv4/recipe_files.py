@@ -32,9 +32,11 @@ def shipped_recipes(folder) -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
 
 
-def read_recipe(name_or_path: str, folder, fields: Collection[str], kind: str) -> dict[str, Any]:
+def read_recipe(
+    name_or_path: str, folder, fields: Collection[str], kind: str, label: str = "recipe"
+) -> dict[str, Any]:
     """A recipe's values: a shipped name in ``folder`` or a path to a TOML file. Every key must be one of ``fields``
-    (the ``kind`` dataclass's, named in the error)."""
+    (the ``kind`` dataclass's, named in the error; ``label`` names the recipe's kind, e.g. 'detection recipe')."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
@@ -43,7 +45,7 @@ def read_recipe(name_or_path: str, folder, fields: Collection[str], kind: str) -
     else:
         names = shipped_recipes(folder)
         if name_or_path not in names:
-            raise UserError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(names)} (or a .toml path)")
+            raise UserError(f"unknown {label} {name_or_path!r}; shipped: {', '.join(names)} (or a .toml path)")
         text = folder.joinpath(f"{name_or_path}.toml").read_text()
     try:
         values = tomllib.loads(text)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..specs import MIN_INPUT_SIZE
+from ..specs import MIN_INPUT_SIZE, is_spec_file
 
 DEFAULT_MODEL = "mobilenetv4_conv_small"
 
@@ -100,17 +100,33 @@ def check_input_file(path: str | os.PathLike | None, flag: str) -> None:
 
 def load_model(args: argparse.Namespace, name: str | None = None, **kwargs):
     """The model the weights arguments name: ``--weights FILE``, else ``--random-weights`` (when the command has
-    it), else the released weights of ``name`` (default ``args.model``) through the hub cache. ``kwargs`` go to
-    ``mnv4.create_model`` (e.g. ``num_classes``)."""
+    it: random weights made trained-like by ``mnv4.testing.make_nondegenerate`` -- BN statistics measured on noise,
+    so activations keep unit scale and no float denormals distort latency), else the released weights of ``name``
+    (default ``args.model``) through the hub cache. ``kwargs`` go to ``mnv4.create_model`` (e.g. ``num_classes``)."""
     from ..factory import create_model
 
     random_weights = getattr(args, "random_weights", False)
     if args.weights is not None and random_weights:
         raise UserError("choose one of --weights FILE and --random-weights")
     check_input_file(args.weights, "--weights")
+    name = name or args.model
+    offer = " or --random-weights (latency and structure work)" if hasattr(args, "random_weights") else ""
+    if random_weights:
+        from ..testing import make_nondegenerate
+
+        print("note: --random-weights: the model is for latency and structure work only, not for predictions")
+        model = create_model(name, **kwargs)
+        size = (model.spec.resolution, model.spec.resolution)
+        return make_nondegenerate(model, seed=0, input_size=size, batch_size=2, passes=1)
+    if args.weights is None and is_spec_file(name):
+        raise UserError(f"{name} is an architecture file: it has no released weights; pass --weights FILE{offer}")
     show_mnv4_log()
-    pretrained = args.weights or not random_weights
-    return create_model(name or args.model, pretrained=pretrained, **kwargs)
+    try:
+        return create_model(name, pretrained=args.weights or True, **kwargs)
+    except FileNotFoundError as err:  # released weights not in the hub cache (offline)
+        if args.weights is not None:
+            raise
+        raise UserError(f"{err}; or pass --weights FILE{offer}") from None
 
 
 def model_from_args(args: argparse.Namespace):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..export import SUFFIXES
+from ._common import add_weights_args, check_input_file, load_model
 
 FORMATS = tuple(SUFFIXES)
 
@@ -27,11 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="onnx, tflite (LiteRT), coreml (.mlpackage), executorch (.pte, XNNPACK) or aoti "
                    "(AOTInductor .pt2 package, CPU)")
     p.add_argument("--out", type=Path, required=True, help="output file (" + " / ".join(SUFFIXES.values()) + ")")
-    weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--weights", type=Path, default=None,
-                         help="weights file (.safetensors, or a timm checkpoint); default: the tag's released weights")
-    weights.add_argument("--random-weights", action="store_true",
-                         help="export random (trained-like) weights: for latency and structure work only")
+    add_weights_args(p, random_weights=True)
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the weights')")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="input size (default native)")
     p.add_argument("--fp16", action="store_true", help="fp16 weights (tflite, coreml); Core ML is fp16 unless --fp32")
@@ -75,7 +72,8 @@ def config_from_args(args: argparse.Namespace):
     from ..errors import UserError
     from ..export.pipeline import ExportConfig
 
-    for flag, path in (("--weights", args.weights), ("--calib", args.calib), ("--eval", args.eval)):
+    check_input_file(args.weights, "--weights")
+    for flag, path in (("--calib", args.calib), ("--eval", args.eval)):
         if path is not None and not path.exists():
             raise UserError(f"{flag} {path} does not exist")
     return ExportConfig(
@@ -86,35 +84,12 @@ def config_from_args(args: argparse.Namespace):
     ).validate()
 
 
-def load_model(name: str, weights: Path | None, num_classes: int | None, random_weights: bool = False):
-    """The model to export: ``weights`` if given; else the tag's released weights (hub cache); or, with
-    ``random_weights``, random weights made trained-like (``mnv4.testing.make_nondegenerate``: BN statistics measured
-    on noise, so activations keep unit scale and no float denormals distort latency)."""
-    import mnv4
-
-    from ..errors import UserError
-
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if random_weights:
-        from ..testing import make_nondegenerate
-
-        print("note: --random-weights: the file is for latency and structure work only, not for predictions")
-        model = mnv4.create_model(name, **kwargs)
-        size = (model.spec.resolution, model.spec.resolution)
-        return make_nondegenerate(model, seed=0, input_size=size, batch_size=2, passes=1)
-    try:
-        return mnv4.create_model(name, pretrained=weights or True, **kwargs)
-    except FileNotFoundError as err:  # released weights not in the hub cache (offline)
-        if weights is not None:
-            raise
-        raise UserError(f"{err}. For latency or structure work without weights: --random-weights") from None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..export.pipeline import run_export
 
     cfg = config_from_args(args)
-    model = load_model(args.model, args.weights, args.num_classes, args.random_weights).eval()
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    model = load_model(args, **kwargs).eval()
     size = cfg.input_size or (model.spec.resolution, model.spec.resolution)
     what = f"{args.format} {cfg.precision}"
     print(f"exporting {model.spec.name} at {size[0]}x{size[1]} to {what} -> {cfg.out}", flush=True)

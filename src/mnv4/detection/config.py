@@ -141,7 +141,7 @@ def list_detect_recipes() -> list[str]:
 
 def load_detect_recipe(name_or_path: str) -> dict[str, Any]:
     """A recipe's values: a shipped recipe name (``retinanet_paper``) or a path to a TOML file."""
-    return read_recipe(name_or_path, recipe_folder("detection"), FIELDS, "DetectConfig")
+    return read_recipe(name_or_path, recipe_folder("detection"), FIELDS, "DetectConfig", "detection recipe")
 
 
 def load_detect_config(recipe: str | None = None, **overrides: Any) -> DetectConfig:
