@@ -531,6 +531,9 @@ class DaliTrainLoader:
         hw_decoder_load: float | None = None,
     ):
         require_dali()
+        if cfg.mean is None or cfg.std is None:
+            raise UserError("the config's mean/std are unset: resolve them first with "
+                            "mnv4.train.inputs.resolve_model_defaults(cfg, model), as mnv4 train does")
         self.device = torch.device(device)
         self.dataset = DaliSourceDataset(
             root, cfg.crop_scale_min, cfg.hflip, cfg.randaug_layers, cfg.randaug_prob, seed=cfg.seed
