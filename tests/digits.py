@@ -74,3 +74,27 @@ def small_config(data, out, **kw):
     )
     values.update(kw)
     return TrainConfig(**values)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no ``except Exception`` stops it."""
+
+
+def model_killed_in_forward(cfg, num_classes: int, forward: int):
+    """The model ``train(cfg)`` would build (same seed), raising ``Killed`` at its ``forward``-th training-mode
+    forward pass -- a kill in the middle of that optimiser step, after the checkpoints before it."""
+    import torch
+
+    from mnv4.train import build_model
+
+    torch.manual_seed(cfg.seed)  # the initialisation train() makes from the seed
+    model = build_model(cfg, num_classes=num_classes)
+    calls = {"n": 0}
+
+    def kill(module, inputs):
+        calls["n"] += module.training
+        if calls["n"] == forward:
+            raise Killed
+
+    model.register_forward_pre_hook(kill)
+    return model

@@ -312,9 +312,9 @@ def test_training_on_dali_resumes_bit_identically(tmp_path):
     pytest.importorskip("nvidia.dali", reason="needs the dali extra (make dali)")
     import shutil
 
-    from digits import small_config
+    from digits import Killed, model_killed_in_forward, small_config
 
-    from mnv4.train import build_model, train
+    from mnv4.train import train
 
     data = tmp_path / "data"
     for split, per_class in (("train", 5), ("val", 1)):
@@ -330,22 +330,9 @@ def test_training_on_dali_resumes_bit_identically(tmp_path):
 
     assert load_checkpoint(list_checkpoints(tmp_path / "full")[-1])["config"]["data_pipeline"] == "dali"
 
-    class Killed(BaseException):
-        pass
-
     cfg = small_config(data, tmp_path / "killed", **kw)
-    torch.manual_seed(cfg.seed)  # the initialisation train() makes from the seed
-    model = build_model(cfg, num_classes=2)
-    calls = {"n": 0}
-
-    def kill_in_step_5(module, inputs):
-        calls["n"] += module.training
-        if calls["n"] == 5:
-            raise Killed
-
-    model.register_forward_pre_hook(kill_in_step_5)
     with pytest.raises(Killed):
-        train(cfg, model=model)
+        train(cfg, model=model_killed_in_forward(cfg, num_classes=2, forward=5))
     resumed = train(small_config(data, tmp_path / "killed", resume="auto", **kw))
     assert resumed.global_step == full.global_step == 5
     from safetensors.torch import load_file

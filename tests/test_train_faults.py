@@ -14,15 +14,11 @@ import shutil
 
 import pytest
 import torch
-from digits import copy_subset, small_config
+from digits import Killed, copy_subset, model_killed_in_forward, small_config
 from torch import nn
 
 import mnv4
 from mnv4.train import NonFiniteLossError, TrainConfig, list_checkpoints, load_checkpoint, train
-
-
-class Killed(BaseException):
-    """Stands for SIGKILL: no ``except Exception`` stops it."""
 
 
 def read_csv(path) -> list[dict]:
@@ -103,24 +99,13 @@ def test_epoch_and_step_logs_are_exact_across_a_resume(tiny_digits, tmp_path):
     """Killed in step 5 of a 5-step epoch, resumed from the step-3 checkpoint: epochs.csv's train_loss is the mean
     over all 5 steps (not over the 2 after the resume) and steps.csv has each step once - both equal, to the bit, to
     an uninterrupted run's."""
-    from mnv4.train import build_model
 
     kw = dict(epochs=1, save_every_steps=3, log_every=1)
     train(small_config(tiny_digits, tmp_path / "full", **kw))
 
     cfg = small_config(tiny_digits, tmp_path / "killed", **kw)
-    torch.manual_seed(cfg.seed)  # the initialisation train() makes from the seed
-    model = build_model(cfg, num_classes=10)
-    calls = {"n": 0}
-
-    def kill_in_step_5(module, inputs):
-        calls["n"] += module.training
-        if calls["n"] == 5:
-            raise Killed
-
-    model.register_forward_pre_hook(kill_in_step_5)
     with pytest.raises(Killed):
-        train(cfg, model=model)
+        train(cfg, model=model_killed_in_forward(cfg, num_classes=10, forward=5))
     assert [int(r["step"]) for r in read_csv(tmp_path / "killed" / "steps.csv")] == [1, 2, 3, 4]
     train(small_config(tiny_digits, tmp_path / "killed", resume="auto", **kw))
 
