@@ -1,4 +1,4 @@
-"""The cost of the NaN/inf guard (``mnv4.train.guard``) per training step: the same optimiser step with and without
+"""The cost of the NaN/inf guard (``mnv4.engine.guard``) per training step: the same optimiser step with and without
 it, interleaved in one run, reported as a ratio with its spread, plus the guard's own work timed alone.
 
     python benchmarks/train_guard.py                    # CPU: Conv-S, batch 32 at 64 px
@@ -31,15 +31,13 @@ def sync(device: torch.device) -> None:
 
 def make_step(model, device: torch.device, guard_mode: str | None, out: Path):
     """One optimiser step as training runs it (clip 1.0, fused AdamW where the device-side guard needs it)."""
-    from mnv4.train import TrainConfig
-    from mnv4.train.guard import NonFiniteGuard
-    from mnv4.train.optim import Optimization
+    from mnv4.engine.guard import NonFiniteGuard
+    from mnv4.engine.optim import Optimization
 
     fused = device.type == "cuda" or guard_mode == "device"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    optim = Optimization(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False), [])
-    cfg = TrainConfig(grad_clip=1.0)
+    optim = Optimization(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=False), [], grad_clip=1.0)
     guard = None
     if guard_mode is not None:
         guard = NonFiniteGuard(model, device, out, distributed=False, eager=guard_mode == "eager")
@@ -60,7 +58,7 @@ def make_step(model, device: torch.device, guard_mode: str | None, out: Path):
         loss = F.cross_entropy(model(images), labels)
         step_guard.observe("loss", loss)
         loss.backward()
-        optim.step(model, cfg, step_guard)
+        optim.step(model, step_guard)
 
     return step, guard
 

@@ -189,7 +189,7 @@ def timed_epoch(epoch: Iterator, device: torch.device, skip: int, limit: int | N
 
 
 def bench_pipelines(args, device: torch.device, folder: Path, num_files: int, rec: Recorder) -> dict[str, Callable]:
-    from mnv4.train.data import MicroBatchSampler
+    from mnv4.engine.seeds import MicroBatchSampler
 
     found = pipelines(args, device, folder, args.pipeline_size, rec)
     rates: dict[str, list[float]] = {name: [] for name in found}
@@ -337,7 +337,7 @@ def bench_model(args, device: torch.device, name: str, rec: Recorder):
 
 # ----------------------------------------------------------------------------------------------- (c) end to end
 def bench_end_to_end(args, device, found: dict, num_files: int, step, synthetic: float, rec: Recorder) -> None:
-    from mnv4.train.data import MicroBatchSampler
+    from mnv4.engine.seeds import MicroBatchSampler
 
     def consume(images, labels):
         if args.channels_last:

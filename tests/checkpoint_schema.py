@@ -38,40 +38,64 @@ def schema(value, path: str = ""):
     return type(value).__name__
 
 
-def record_all(work: Path) -> dict:
-    """Write one small run of each kind with the code on sys.path and return their checkpoints' schemas."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from coco_digits import write_coco_digits
+def train_run(work: Path, **kw):
+    """A small classification run on the digits (Conv-S at 32 px, EMA on, a checkpoint every step)."""
     from digits import copy_subset, small_config, write_digits_imagefolder
 
-    from mnv4.detection import load_detect_config, train_detector
-    from mnv4.nas import SearchConfig, search
     from mnv4.train import train
-    from mnv4.train.checkpoint import list_checkpoints
 
     full = write_digits_imagefolder(work / "digits32", size=32)
     data = copy_subset(full, work / "digits_small", {"train": 10, "val": 4})
-    train(small_config(data, work / "train", ema_decay=0.9, max_steps=3, save_every_steps=1))
+    return train(small_config(data, work / kw.pop("out", "train"), **{"ema_decay": 0.9, "max_steps": 3,
+                                                                       "save_every_steps": 1, **kw}))
+
+
+def detect_config(work: Path, **kw):
+    """A small RetinaNet run on glyphs (64 px, EMA, validation every epoch)."""
+    from coco_digits import write_coco_digits
+
+    from mnv4.detection import load_detect_config
+
     annotations, images = write_coco_digits(work / "coco", 8, "train", digits=(0, 1, 7), size_range=(128, 160),
                                             glyph_range=(24, 48))
-    train_detector(load_detect_config(
-        arch="retinanet", backbone="mobilenetv4_conv_small", train_annotations=str(annotations),
-        train_images=str(images), val_annotations=str(annotations), val_images=str(images), out=str(work / "detect"),
-        image_size=64, fpn_channels=16, epochs=1, global_batch=4, lr=2e-3, ema_decay=0.9, workers=0, threads=1,
-        deterministic=True, progress=False, tensorboard=False, log_every=1))
-    search(SearchConfig(space="tiny", data=str(full), out=str(work / "search"), target=2.5e7, steps=3,
-                        global_batch=16, crop_scale_min=0.85, crop_pct=1.0, hflip=False, holdout_fraction=0.2,
-                        rl_batch_multiplier=2, rl_lr=0.05, beta=-0.5, workers=0, threads=1, progress=False,
-                        plot=False, save_every_steps=1, stop_after=4))
-    out = {}
-    for kind in ("train", "detect", "search"):
-        path = list_checkpoints(work / kind)[-1]
-        out[kind] = schema(torch.load(path, weights_only=True))
-    return out
+    values = dict(arch="retinanet", backbone="mobilenetv4_conv_small", train_annotations=str(annotations),
+                  train_images=str(images), val_annotations=str(annotations), val_images=str(images),
+                  out=str(work / "detect"), image_size=64, fpn_channels=16, epochs=1, global_batch=4, lr=2e-3,
+                  ema_decay=0.9, workers=0, threads=1, deterministic=True, progress=False, tensorboard=False,
+                  log_every=1)
+    return load_detect_config(**{**values, **kw})
+
+
+def search_config(work: Path, **kw):
+    """A two-stage search of the tiny space on the digits, 3 steps per stage."""
+    from digits import write_digits_imagefolder
+
+    from mnv4.nas import SearchConfig
+
+    data = write_digits_imagefolder(work / "digits32", size=32)
+    values = dict(space="tiny", data=str(data), out=str(work / "search"), target=2.5e7, steps=3, global_batch=16,
+                  crop_scale_min=0.85, crop_pct=1.0, hflip=False, holdout_fraction=0.2, rl_batch_multiplier=2,
+                  rl_lr=0.05, beta=-0.5, workers=0, threads=1, progress=False, plot=False, save_every_steps=1)
+    return SearchConfig(**{**values, **kw})
+
+
+def record_all(work: Path) -> dict:
+    """Write one small run of each kind with the code on sys.path and return their checkpoints' schemas."""
+    from mnv4.detection import train_detector
+    from mnv4.engine.checkpoint import list_checkpoints
+    from mnv4.nas import search
+
+    train_run(work)
+    train_detector(detect_config(work))
+    search(search_config(work, stop_after=4))
+    return {kind: schema(torch.load(list_checkpoints(work / kind)[-1], weights_only=True))
+            for kind in ("train", "detect", "search")}
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:
     import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
 
     with tempfile.TemporaryDirectory() as tmp:
         SCHEMAS.write_text(json.dumps(record_all(Path(tmp)), indent=1, sort_keys=True) + "\n")

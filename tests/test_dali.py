@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mnv4.engine.seeds import MicroBatchSampler
 from mnv4.errors import UserError
 from mnv4.train.config import TrainConfig
 from mnv4.train.dali import RANDAUG, RANDAUG_OPS, DaliSourceDataset, read_header, require_dali
@@ -25,7 +26,6 @@ from mnv4.train.data import (
     EncodedImageDataset,
     GpuAugment,
     ImageFolderDataset,
-    MicroBatchSampler,
     collate,
     load_rgb,
     random_resized_crop_box,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mnv4.engine.seeds import MicroBatchSampler, ShardSampler
 from mnv4.train.config import TrainConfig
 from mnv4.train.data import (
     CROP_PARAMS,
@@ -18,8 +19,6 @@ from mnv4.train.data import (
     EncodedImageDataset,
     GpuAugment,
     ImageFolderDataset,
-    MicroBatchSampler,
-    ShardSampler,
     collate,
     load_rgb,
     random_resized_crop_box,
@@ -134,7 +133,7 @@ def test_validation_is_the_eval_protocol_in_both_pipelines(messy_folder, tmp_pat
 
     import mnv4
     from mnv4 import data_config, eval_transform, load_image  # the loader and protocol of mnv4 eval
-    from mnv4.train.distributed import DistContext
+    from mnv4.engine.distributed import DistContext
     from mnv4.train.inputs import TrainInputs, resolve_model_defaults
 
     for split in ("train", "val"):

@@ -16,12 +16,12 @@ import torch
 
 import mnv4.specs
 from mnv4.cli import main as cli_main
+from mnv4.engine.checkpoint import list_checkpoints, load_checkpoint
 from mnv4.errors import UserError
 from mnv4.nas import SPACES, SearchConfig, search, spec_as_python
 from mnv4.nas.cost import roofline_cost
 from mnv4.specs import MODEL_SPECS, get_spec, save_spec
 from mnv4.train import load_teacher
-from mnv4.train.checkpoint import list_checkpoints, load_checkpoint
 
 pytest.importorskip("sklearn", reason="the digits data set comes from scikit-learn (dev extra)")
 
@@ -127,13 +127,16 @@ def test_supernet_trains_on_offline_soft_labels(digits, tmp_path):
     """The paper trains the supernet on an offline distillation set: labels from `--precompute-soft-labels` for
     the very crops the search re-creates (same seed and augmentation), refused for other crop settings."""
     from mnv4.model import MobileNetV4
-    from mnv4.train import precompute_soft_labels
+    from mnv4.train import TrainConfig, precompute_soft_labels
+    from mnv4.train.distill import AUG_FIELDS
 
     cfg = config(digits, tmp_path / "kd", steps=4, stage="coarse")
     torch.manual_seed(0)
     teacher = MobileNetV4(SPACE.decode(SPACE.largest()), num_classes=10).eval()
-    labels = precompute_soft_labels(teacher, digits / "train", cfg.train_config(), tmp_path / "soft.safetensors",
-                                    replicas=2, image_size=32)
+    # what `mnv4 train --precompute-soft-labels` is given: the search's seed and augmentation settings
+    student = TrainConfig(**{name: getattr(cfg, name) for name in AUG_FIELDS}, workers=0)
+    labels = precompute_soft_labels(teacher, digits / "train", student, tmp_path / "soft.safetensors", replicas=2,
+                                    image_size=32)
     result = search(replace(cfg, soft_labels=str(labels)))
     plain = search(replace(cfg, out=str(tmp_path / "plain")))
     assert result.complete and len(result.history) == 4
@@ -144,7 +147,7 @@ def test_supernet_trains_on_offline_soft_labels(digits, tmp_path):
 
 
 def _final_state(out: Path) -> dict:
-    return load_checkpoint(list_checkpoints(out)[-1], entry="supernet")
+    return load_checkpoint(list_checkpoints(out)[-1], entry="learner")
 
 
 @pytest.mark.parametrize("stop_after", [4, 9])  # in the coarse stage, in the fine stage
@@ -156,7 +159,7 @@ def test_resumed_search_equals_an_uninterrupted_one(digits, tmp_path, stop_after
     assert resumed.history == full.history  # every loss, quality, cost, reward, baseline and entropy
     assert resumed.spec == full.spec and resumed.probabilities == full.probabilities
     a, b = _final_state(tmp_path / "full"), _final_state(tmp_path / "cut")
-    for part in ("supernet", "learner"):
+    for part in ("model", "learner"):
         flat_a, flat_b = _flatten(a[part]), _flatten(b[part])
         assert flat_a.keys() == flat_b.keys()
         assert all(torch.equal(flat_a[k], flat_b[k]) if isinstance(flat_a[k], torch.Tensor) else flat_a[k] == flat_b[k]

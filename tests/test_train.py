@@ -11,6 +11,7 @@ from digits import small_config
 from torch import nn
 
 import mnv4
+from mnv4.engine.checkpoint import atomic_save, list_checkpoints, load_checkpoint, rng_state, set_rng_state
 from mnv4.errors import UserError
 from mnv4.train import (
     TrainConfig,
@@ -21,7 +22,6 @@ from mnv4.train import (
     param_groups,
     train,
 )
-from mnv4.train.checkpoint import atomic_save, list_checkpoints, load_checkpoint, rng_state, set_rng_state
 from mnv4.train.distill import kd_loss
 from mnv4.train.loop import apply_recipe_to_model
 
@@ -94,8 +94,7 @@ def test_recipe_errors_and_overrides(tmp_path):
 
 def test_param_groups_no_decay_on_bn_bias_layer_scale():
     model = mnv4.create_model("mobilenetv4_hybrid_medium", num_classes=10)
-    cfg = TrainConfig(weight_decay=0.1, backbone_lr_scale=0.1, lr=1.0)
-    groups = param_groups(model, cfg)
+    groups = param_groups(model, weight_decay=0.1, lr=1.0, body_lr_scale=0.1)
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = [names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]]
     not_decayed = [names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]]
@@ -177,7 +176,7 @@ def test_small_data_defaults_fit_the_run(all_digits, tmp_path, caplog):
     assert fitted_global_batch(1438, world_size=3) == 30
     cfg = TrainConfig(model="mobilenetv4_conv_small", data=str(all_digits), out=str(tmp_path), image_size=32,
                       max_steps=1, workers=0, threads=1, progress=False, tensorboard=False)  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="mnv4.train"):
+    with caplog.at_level(logging.INFO, logger="mnv4"):
         train(cfg)
     first_lines = caplog.text.split("epoch 0:")[0]
     for expected in ("global batch 32 (44 steps per epoch", "warm-up 1 epochs", "grad clip 1", "crop_pct 0.875",

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnv4.engine.checkpoint import list_checkpoints
 from mnv4.train import TrainConfig, load_teacher, precompute_soft_labels, train
-from mnv4.train.checkpoint import list_checkpoints
 
 pytest.importorskip("sklearn", reason="the digits data set comes from scikit-learn (dev extra)")
 

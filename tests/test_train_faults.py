@@ -18,7 +18,7 @@ from digits import Killed, copy_subset, model_killed_in_forward, small_config
 from torch import nn
 
 import mnv4
-from mnv4.train import NonFiniteLossError, TrainConfig, list_checkpoints, load_checkpoint, train
+from mnv4.train import NonFiniteLossError, list_checkpoints, load_checkpoint, train
 
 
 def read_csv(path) -> list[dict]:
@@ -88,7 +88,7 @@ def test_kill_while_writing_best_then_resume_keeps_best_pt_and_the_record_in_agr
     assert (best["global_step"], best["best_top1"]) == (10, 60.0)
 
     shutil.copyfile(tmp_path / "ckpt-00000005.pt", tmp_path / "best.pt")  # best.pt: the step-5 model, record 60
-    with caplog.at_level(logging.WARNING, logger="mnv4.train"):
+    with caplog.at_level(logging.WARNING, logger="mnv4"):
         train(small_config(tiny_digits, tmp_path, resume="auto"))  # a finished run: no steps, only the repair
     best = load_checkpoint(tmp_path / "best.pt")
     assert (best["global_step"], best["best_top1"]) == (10, 60.0)
@@ -137,7 +137,7 @@ def test_resume_auto_starts_fresh_cleans_killed_writes_and_skips_a_truncated_che
     for path in (stale, stale_old_style, live, elsewhere):
         path.write_bytes(b"\0" * 1000)
     kw = dict(epochs=1, save_every_steps=1, resume="auto")
-    with caplog.at_level(logging.INFO, logger="mnv4.train"):
+    with caplog.at_level(logging.INFO, logger="mnv4"):
         first = train(small_config(tiny_digits, out, max_steps=2, **kw))
     assert first.global_step == 2 and "starting a new run" in caplog.text
     assert not stale.exists() and not stale_old_style.exists() and live.exists() and elsewhere.exists()
@@ -146,7 +146,7 @@ def test_resume_auto_starts_fresh_cleans_killed_writes_and_skips_a_truncated_che
     assert newest.name == "ckpt-00000002.pt"
     newest.write_bytes(newest.read_bytes()[:5000])  # truncated, as by a full disk
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mnv4.train"):
+    with caplog.at_level(logging.INFO, logger="mnv4"):
         again = train(small_config(tiny_digits, out, max_steps=3, **kw))
     assert again.global_step == 3
     assert "ckpt-00000002.pt" in caplog.text and "resumed from" in caplog.text and "ckpt-00000001.pt" in caplog.text
@@ -215,15 +215,14 @@ def test_device_side_nan_guard_needs_no_host_sync(tmp_path):
     naming the first bad step."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    from mnv4.train.guard import NonFiniteGuard
-    from mnv4.train.optim import Optimization
+    from mnv4.engine.guard import NonFiniteGuard
+    from mnv4.engine.optim import Optimization
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
-    cfg = TrainConfig(grad_clip=1.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    optim = Optimization(optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), [])
+    optim = Optimization(optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), [], grad_clip=1.0)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
     guard = NonFiniteGuard(model, torch.device("cpu"), tmp_path, distributed=False, eager=False)
     good = None
@@ -238,7 +237,7 @@ def test_device_side_nan_guard_needs_no_host_sync(tmp_path):
         loss = nn.functional.cross_entropy(model(images), torch.randint(0, 2, (8,)))
         guard.observe("loss", loss)
         loss.backward()
-        optim.step(model, cfg, guard)
+        optim.step(model, guard)
         ema.update_parameters(model)
     now = model.state_dict()
     assert all(torch.equal(now[k], good[k]) for k in good)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -488,6 +489,18 @@ def _check(ok: bool, message: str) -> None:
 
 def _is_int(value: object, lo: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= lo
+
+
+SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_spec_name(name: object, what: str = "name") -> None:
+    """A name an architecture can be saved and referred to under: letters, digits, '_', '.', '-' (it becomes a file
+    name), not the name of a registered variant (which would shadow it)."""
+    _check(isinstance(name, str) and SPEC_NAME.fullmatch(name) is not None,
+           f"{what} {name!r} is not a valid architecture name: use letters, digits, '_', '.' and '-' (it becomes "
+           "the file name <name>.json)")
+    _check(name not in MODEL_SPECS, f"{what} {name!r} is a registered variant's name; give the architecture its own")
 
 
 def validate_spec(spec: ModelSpec, source: str | None = None) -> None:

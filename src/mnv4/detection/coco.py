@@ -270,7 +270,8 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         from torchvision import tv_tensors
 
-        from ..train.data import AUG_STREAM, DecodeError, load_rgb, mix_seed
+        from ..engine.seeds import AUG_STREAM, mix_seed
+        from ..train.data import DecodeError, load_rgb
 
         aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
         bad = []

@@ -114,7 +114,7 @@ def evaluate_detector(
     """COCO metrics of ``model`` on ``coco``. Under torchrun each rank runs its shard and rank 0 evaluates (the
     others return None). An image file that cannot be decoded raises ``UserError`` naming it: training may stand in
     the next image for it, but an evaluation would then score one image's detections against another's boxes."""
-    from ..train.data import ShardSampler
+    from ..engine.seeds import ShardSampler
     from .augment import eval_transform
 
     device = torch.device(device)

@@ -16,15 +16,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..engine.seeds import MicroBatchSampler, mix_seed
 from ..errors import UserError
-from ..train.data import (
-    BadFileLog,
-    ImageFolderDataset,
-    MicroBatchSampler,
-    collate,
-    mix_seed,
-    train_transform,
-)
+from ..train.data import BadFileLog, ImageFolderDataset, collate, train_transform
 from ..transforms import DataConfig, eval_transform
 
 HOLDOUT_STREAM, QUALITY_STREAM = 11, 12
@@ -68,14 +62,18 @@ class SupernetData:
         root = Path(root)
         if not root.is_dir() or not (root / "train").is_dir():
             raise UserError(f"data folder {str(root / 'train')!r} does not exist: --data must hold train/<class>/*")
-        aug = cfg.train_config()
         self.cfg, self.world_size, self.rank = cfg, world_size, rank
-        self.train_set = ImageFolderDataset(root / "train", train_transform(image_size, aug), seed=cfg.seed)
+        # the search config carries the training pipeline's augmentation fields (crop_scale_min, hflip, randaug_*,
+        # mean, std) under the same names
+        self.train_set = ImageFolderDataset(root / "train", train_transform(image_size, cfg), seed=cfg.seed)
         # held-out quality batches: the evaluation protocol (resize to size / crop_pct, centre crop), as mnv4 eval
-        protocol = DataConfig(input_size=(3, image_size, image_size), mean=aug.mean, std=aug.std,
-                              crop_pct=aug.val_crop_pct)
+        protocol = DataConfig(input_size=(3, image_size, image_size), mean=cfg.mean, std=cfg.std,
+                              crop_pct=cfg.crop_pct)
         self.eval_set = ImageFolderDataset(root / "train", eval_transform(protocol))
         self.classes = self.train_set.classes
+        if len(self.classes) < 2:  # every architecture would score top-1 = 1: the search would follow the cost only
+            raise UserError(f"{root / 'train'} has {len(self.classes)} class folder(s): a search needs >= 2 classes "
+                            "to tell architectures apart")
         n = len(self.train_set)
         generator = torch.Generator().manual_seed(mix_seed(cfg.seed, HOLDOUT_STREAM))
         order = torch.randperm(n, generator=generator).tolist()
@@ -97,7 +95,7 @@ class SupernetData:
         self.soft_labels = None
         if cfg.soft_labels:
             try:
-                self.soft_labels = SoftLabels(cfg.soft_labels, aug, image_size, self.classes)
+                self.soft_labels = SoftLabels(cfg.soft_labels, cfg, image_size, self.train_set)
             except (ValueError, FileNotFoundError) as err:
                 raise UserError(str(err)) from None
         self.bad_log = BadFileLog()

@@ -7,14 +7,24 @@ see ``controller.py``); the supernet optimiser defaults to this package's AdamW 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from ..engine.config import (
+    AT_LEAST_ONE,
+    BELOW_ONE,
+    FRACTION,
+    NON_NEGATIVE,
+    OPEN_FRACTION,
+    POSITIVE,
+    Range,
+    RunConfig,
+    ensure,
+)
 from ..errors import UserError
 from ..roofline import BYTES_PER_ELEMENT, NAMED_PROFILES
-from ..specs import MIN_INPUT_SIZE
+from ..specs import MIN_INPUT_SIZE, check_spec_name
 from .controller import REWARDS
 
 STAGES = ("coarse", "fine", "both")
@@ -24,9 +34,10 @@ COSTS = ("roofline", "latency-table")
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(RunConfig):
     """One search. ``target`` (T0) is in the cost model's unit (roofline: effective MACs = ModelTime x PeakMACs at
-    the ridge point); or give ``target_model`` and T0 = its cost x ``target_scale``."""
+    the ridge point); or give ``target_model`` and T0 = its cost x ``target_scale``. The fields every run shares
+    (output folder, epochs, batch, LR, engine, checkpoints) are ``RunConfig``'s (``mnv4.engine.config``)."""
 
     # what and where
     space: str = "conv_small"  # a named search space (mnv4.nas.SPACES)
@@ -49,17 +60,13 @@ class SearchConfig:
     reward: str = "abs"  # 'abs' (TuNAS), 'mnas' or 'mnas_hard' (MnasNet)
     beta: float = -0.1  # reward exponent / slope, < 0
 
-    # supernet training
+    # supernet training (epochs: per stage)
     image_size: int | None = None  # training resolution (default: the cost resolution)
-    epochs: float = 10.0  # per stage
     steps: int | None = None  # per stage, instead of epochs
     global_batch: int = 256
     optimizer: str = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 0.05
     warmup_fraction: float = 0.025  # linear LR warm-up, fraction of the stage's steps (TuNAS: 2.5%)
     label_smoothing: float = 0.1
-    grad_clip: float | None = 1.0
     dropout: float = 0.0
     soft_labels: str | None = None  # offline distillation: a file from `mnv4 train --precompute-soft-labels`
     kd_temperature: float = 1.0
@@ -84,74 +91,70 @@ class SearchConfig:
     rl_lr_ramp: float = 10.0
     arch_warmup_fraction: float = 0.25  # all ops on / largest filters, with probability falling from 1 to 0
 
-    # engine, checkpoints
-    device: str = "auto"
+    # engine, checkpoints (save_every_steps 0: at the end of each stage only)
     workers: int = 2
-    threads: int | None = None
-    seed: int = 0
-    resume: str | None = None  # a checkpoint, or 'auto' for the newest in ``out``
-    save_every_steps: int = 0  # 0: at the end of each stage only
-    keep_last: int = 3
     stop_after: int | None = None  # stop after this many steps in all (the schedules still span the whole search)
-    log_every: int = 20
-    progress: bool = True
     plot: bool = True
+    tensorboard: bool = False
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        **RunConfig.RANGES,
+        "target_scale": POSITIVE,
+        "resolution": Range(MIN_INPUT_SIZE),
+        "image_size": Range(MIN_INPUT_SIZE),
+        "steps": AT_LEAST_ONE,
+        "global_batch": Range(2),  # the head's BatchNorm sits after pooling: one image has no batch statistics
+        "warmup_fraction": FRACTION,
+        "label_smoothing": FRACTION,
+        "dropout": FRACTION,
+        "kd_temperature": POSITIVE,
+        "holdout_fraction": Range(0, 1, low_open=True, high_open=True),
+        "crop_scale_min": OPEN_FRACTION,
+        "crop_pct": OPEN_FRACTION,
+        "randaug_layers": NON_NEGATIVE,
+        "randaug_magnitude": NON_NEGATIVE,
+        "randaug_prob": FRACTION,
+        "rl_lr": POSITIVE,
+        "rl_batch_multiplier": POSITIVE,
+        "baseline_momentum": BELOW_ONE,
+        "rl_delay_fraction": FRACTION,
+        "rl_lr_ramp": Range(1),
+        "arch_warmup_fraction": FRACTION,
+        "fix_expansion": POSITIVE,
+        "stop_after": AT_LEAST_ONE,
+    }
 
     def __post_init__(self) -> None:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        self.validate()
+        super().__post_init__()
 
-    def validate(self) -> None:
+    def check(self) -> None:
         from .space import get_space
 
-        def check(ok: bool, msg: str) -> None:
-            if not ok:
-                raise UserError(msg)
-
         get_space(self.space)
-        check(self.stage in STAGES, f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
-        check(self.base is None or self.stage == "fine",
-              "base (the widths/depths to keep) only applies to stage 'fine'")
-        check(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
+        ensure(self.stage in STAGES, f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        ensure(self.base is None or self.stage == "fine",
+               "base (the widths/depths to keep) only applies to stage 'fine'")
+        if self.name:  # checked now: the name is only used when the search is over
+            check_spec_name(self.name, "name")
+        ensure(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
         self.ridge_point_value()
-        check(self.precision in BYTES_PER_ELEMENT,
-              f"precision must be one of {', '.join(BYTES_PER_ELEMENT)}, got {self.precision!r}")
-        check(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
-        check(_finite(self.beta) and self.beta < 0,
-              f"beta must be < 0 (it penalises missing the target), got {self.beta!r}; TuNAS uses -0.1")
-        check((self.target is None) != (self.target_model is None),
-              "give the cost target T0 as a number (target) or as a model (target_model), exactly one of them")
-        check(self.target is None or (_finite(self.target) and self.target > 0),
-              f"the cost target T0 must be > 0, got {self.target!r}")
-        check(_finite(self.target_scale) and self.target_scale > 0,
-              f"target_scale must be > 0, got {self.target_scale}")
-        for name in ("resolution", "image_size"):
-            value = getattr(self, name)
-            check(value is None or value >= MIN_INPUT_SIZE, f"{name} must be >= {MIN_INPUT_SIZE}, got {value}")
-        check(self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        check(self.steps is None or self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        check(self.global_batch >= 2, f"global_batch must be >= 2 (the head's BatchNorm), got {self.global_batch}")
-        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
-        check(self.quality_bn in QUALITY_BN, f"quality_bn must be one of {', '.join(QUALITY_BN)}")
-        check(self.lr > 0 and (self.rl_lr is None or self.rl_lr > 0), "lr and rl_lr must be > 0")
-        for name in ("warmup_fraction", "label_smoothing", "dropout", "rl_delay_fraction", "arch_warmup_fraction",
-                     "randaug_prob"):
-            value = getattr(self, name)
-            check(0 <= value <= 1, f"{name} must be in [0, 1], got {value}")
-        check(0 < self.holdout_fraction < 1, f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        check(0 <= self.baseline_momentum < 1, f"baseline_momentum must be in [0, 1), got {self.baseline_momentum}")
-        check(self.rl_batch_multiplier > 0 and self.rl_lr_ramp >= 1, "rl_batch_multiplier > 0, rl_lr_ramp >= 1")
+        ensure(self.precision in BYTES_PER_ELEMENT,
+               f"precision must be one of {', '.join(BYTES_PER_ELEMENT)}, got {self.precision!r}")
+        ensure(self.reward in REWARDS, f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
+        ensure(self.beta < 0, f"beta must be < 0 (it penalises missing the target), got {self.beta!r}; TuNAS uses -0.1")
+        ensure((self.target is None) != (self.target_model is None),
+               "give the cost target T0 as a number (target) or as a model (target_model), exactly one of them")
+        ensure(self.target is None or self.target > 0, f"the cost target T0 must be > 0, got {self.target!r}")
+        ensure(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        ensure(self.quality_bn in QUALITY_BN, f"quality_bn must be one of {', '.join(QUALITY_BN)}")
         # TuNAS: the controller must not learn while the supernet still runs warm-up architectures
-        check(self.arch_warmup_fraction <= self.rl_delay_fraction,
-              f"arch_warmup_fraction ({self.arch_warmup_fraction}) must be <= rl_delay_fraction "
-              f"({self.rl_delay_fraction}): the controller would learn from warm-up architectures")
-        check(self.fix_expansion is None or (_finite(self.fix_expansion) and self.fix_expansion > 0),
-              "fix_expansion must be a positive number")
-        check(self.kd_temperature > 0, "kd_temperature must be > 0")
-        check(self.workers >= 0 and self.keep_last >= 1 and self.save_every_steps >= 0 and self.log_every >= 1,
-              "workers >= 0, keep_last >= 1, save_every_steps >= 0 and log_every >= 1")
-        check(self.stop_after is None or self.stop_after >= 1, "stop_after must be >= 1")
-        check(0 < self.crop_scale_min <= 1 and 0 < self.crop_pct <= 1, "crop_scale_min and crop_pct in (0, 1]")
+        ensure(self.arch_warmup_fraction <= self.rl_delay_fraction,
+               f"arch_warmup_fraction ({self.arch_warmup_fraction}) must be <= rl_delay_fraction "
+               f"({self.rl_delay_fraction}): the controller would learn from warm-up architectures")
+        for name in ("mean", "std"):
+            ensure(len(getattr(self, name)) == 3, f"{name} needs 3 values (R, G, B), got {getattr(self, name)}")
+        ensure(min(self.std) > 0, f"std values must be > 0, got {self.std}")
 
     def ridge_point_value(self) -> float | str:
         """``ridge_point`` as a profile name or a number of MACs/byte (a ``UserError`` when it is neither)."""
@@ -170,32 +173,11 @@ class SearchConfig:
     def stages(self) -> tuple[str, ...]:
         return ("coarse", "fine") if self.stage == "both" else (self.stage,)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def train_config(self):
-        """The ``TrainConfig`` holding this search's data and augmentation settings, for the training machinery
-        (transforms, soft-label checks, parameter groups)."""
-        from ..train.config import TrainConfig
-
-        return TrainConfig(
-            seed=self.seed, lr=self.lr, weight_decay=self.weight_decay, label_smoothing=self.label_smoothing,
-            crop_scale_min=self.crop_scale_min, val_crop_pct=self.crop_pct, hflip=self.hflip,
-            randaug_layers=self.randaug_layers, randaug_magnitude=self.randaug_magnitude,
-            randaug_prob=self.randaug_prob, mean=self.mean, std=self.std, kd_temperature=self.kd_temperature,
-            workers=self.workers, global_batch=self.global_batch,
-        )
-
 
 # Settings that do not change what a search computes: a resumed run may differ in them.
-RESUME_FREE = ("data", "out", "resume", "stop_after", "workers", "threads", "progress", "plot", "log_every",
-               "save_every_steps", "keep_last", "device")
+RESUME_FREE = ("data", "out", "resume", "stop_after", "workers", "threads", "progress", "plot", "tensorboard",
+               "log_every", "save_every_steps", "keep_last", "device")
 
 
 def config_from_dict(values: dict[str, Any]) -> SearchConfig:
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
-    return SearchConfig(**{k: v for k, v in values.items() if k in known})
-
-
-def _finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return SearchConfig.from_dict(values)

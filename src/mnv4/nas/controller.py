@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..engine.distributed import all_reduce_sum
 from ..errors import UserError
-from ..train.distributed import all_reduce_sum
 from .space import FILTER_KINDS, OP_KINDS, Arch, SearchSpace
 
 REWARDS = ("abs", "mnas", "mnas_hard")
@@ -246,7 +246,7 @@ def search_controller(
     seed: int = 0,
 ) -> list[dict[str, float]]:
     """Run the controller alone against a known reward function (no supernet): tests, and cost-only searches."""
-    from ..train.data import mix_seed
+    from ..engine.seeds import mix_seed
 
     history = []
     for step in range(steps):

@@ -20,31 +20,21 @@ controller, its optimiser and baseline, the finished stages, the history and the
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ..engine import Engine, Optimization, OptimizerSettings, RunPlan, Task, claim_run_folder
+from ..engine.checkpoint import checkpoint_to_resume, set_rng_state
+from ..engine.device import run_scope
+from ..engine.distributed import DistContext, all_reduce_bn_statistics, main_process_first
+from ..engine.seeds import mix_seed
 from ..errors import UserError
 from ..specs import ModelSpec, get_spec
-from ..train.checkpoint import (
-    atomic_save,
-    checkpoint_name,
-    checkpoint_to_resume,
-    prune_checkpoints,
-    rng_state,
-    set_rng_state,
-)
-from ..train.data import mix_seed
 from ..train.distill import kd_loss
-from ..train.distributed import DistContext, all_reduce_sum, cleanup_distributed, init_distributed
-from ..train.guard import NonFiniteLossError
-from ..train.optim import WarmupCosine, param_groups
 from .batches import SupernetData
 from .config import RESUME_FREE, SearchConfig, config_from_dict
 from .controller import Controller, Reinforce, RLSchedule, reward
@@ -53,7 +43,8 @@ from .supernet import SuperNet, frozen_bn_statistics
 
 log = logging.getLogger("mnv4.nas")
 SAMPLE_STREAM, STEP_STREAM, INIT_STREAM = 21, 22, 23
-CKPT_FORMAT = "mnv4-search/1"
+CKPT_FORMAT = "mnv4-search/2"  # the engine's layout (mnv4.engine.state) + the controller, stages and history
+LEGACY_FORMAT = "mnv4-search/1"  # before the search ran on the engine: read through upgrade_checkpoint
 
 
 @dataclass
@@ -132,8 +123,7 @@ def stage_controller(space: SearchSpace, stage: str, cfg: SearchConfig, start: A
     else:
         fixed, kinds = start, FINE_KINDS
         if cfg.fix_expansion is not None:
-            values = {d.name: cfg.fix_expansion for d in space.decisions if d.kind == EXPAND}
-            fixed = space.with_values(start, **values)
+            fixed = space.with_values(start, {d.key: cfg.fix_expansion for d in space.decisions if d.kind == EXPAND})
             kinds = tuple(k for k in FINE_KINDS if k != EXPAND)
         searched = [i for i, d in enumerate(space.decisions) if d.kind in kinds]
     return Controller(space, searched, fixed)
@@ -148,83 +138,71 @@ def fine_start(space: SearchSpace, cfg: SearchConfig) -> Arch:
 
 
 # ----------------------------------------------------------------------------------------------- one stage
-class StageRun:
-    """A supernet, its optimiser and LR schedule, and the controller's learner, for one stage of the search."""
+class SupernetTask(Task):
+    """One stage of the search as a task of the shared step loop (``mnv4.engine``): each step samples an
+    architecture, trains the shared weights one step on it, then (after the update) scores it on a held-out batch,
+    takes its cost and reward and updates the controller by REINFORCE. A stage is one engine epoch of ``steps``
+    optimiser steps: its end is where the stage's result (the controller's argmax) is taken."""
 
-    def __init__(self, name: str, index: int, space: SearchSpace, cfg: SearchConfig, start: Arch, steps: int,
-                 num_classes: int, ctx: DistContext):
-        self.name, self.index, self.space, self.cfg, self.steps, self.ctx = name, index, space, cfg, steps, ctx
-        with torch.random.fork_rng():  # identical initial weights on every rank, whatever ran before
-            torch.manual_seed(mix_seed(cfg.seed, INIT_STREAM, index))
-            self.supernet = SuperNet(space, num_classes, drop_rate=cfg.dropout).to(ctx.device)
-        train_cfg = cfg.train_config()
-        groups = param_groups(self.supernet, train_cfg)
-        for group in groups:
-            group.pop("l2")
-        if cfg.optimizer == "adamw":
-            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:  # TuNAS: RMSProp, decay 0.9, momentum 0.9, epsilon 1.0
-            self.optimizer = torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, momentum=0.9, eps=1.0)
-        warmup = round(cfg.warmup_fraction * steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, WarmupCosine(warmup, steps, 0.0))
+    kind = "mnv4 search"
+    step_stream = STEP_STREAM
+    gradient_sync = "used-parameters"  # every process runs its own architecture
+
+    def __init__(self, search: _Search, name: str, index: int, start: Arch, supernet: SuperNet):
+        self.search, self.name, self.index = search, name, index
+        self.cfg, self.ctx, self.space = search.cfg, search.ctx, search.space
+        self.supernet = supernet
+        steps, cfg = search.steps, search.cfg
         rl_lr = cfg.rl_lr if cfg.rl_lr is not None else 3e-4 * cfg.global_batch / 256
         schedule = RLSchedule(steps, rl_lr, cfg.rl_delay_fraction, cfg.rl_lr_ramp, cfg.arch_warmup_fraction)
-        self.learner = Reinforce(stage_controller(space, name, cfg, start), schedule, cfg.baseline_momentum,
-                                 ctx.device)
+        self.learner = Reinforce(stage_controller(self.space, name, cfg, start), schedule, cfg.baseline_momentum,
+                                 self.ctx.device)
+        self.pending: tuple | None = None  # the step's sample, path and quality batch, from loss() to after_step()
 
-    def state_dict(self) -> dict:
-        return {"supernet": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "learner": self.learner.state_dict()}
+    @property
+    def first_step(self) -> int:
+        return self.index * self.search.steps
 
-    def load_state_dict(self, state: dict) -> None:
-        self.supernet.load_state_dict(state["supernet"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.learner.load_state_dict(state["learner"])
+    def micro_batches(self, state):
+        """(training batch, held-out batch, global step) for the steps from ``state``'s to the stage's end."""
+        data, start = self.search.data, state.global_step
+        stop = self.first_step + self.search.steps
+        return zip(data.train_batches(start, stop), data.quality_batches(start, stop), range(start, stop),
+                   strict=False)
 
-    def result(self, cost, resolution: int) -> StageResult:
-        controller = self.learner.controller
-        arch = controller.argmax()
-        return StageResult(self.name, arch, self.space.values(arch), float(cost(self.space.decode(arch), resolution)),
-                           controller.probabilities(arch), controller.entropy(arch), self.steps)
-
-    def step(self, step: int, global_step: int, batch, quality_batch, score: Callable[[Arch, float], tuple]) -> dict:
-        cfg, ctx, device = self.cfg, self.ctx, self.ctx.device
-        images, labels, teacher = batch
+    def loss(self, model, batch, guard):
+        (images, labels, teacher), quality_batch, global_step = batch
+        cfg, ctx = self.cfg, self.ctx
+        step = global_step - self.first_step
         generator = torch.Generator().manual_seed(mix_seed(cfg.seed, SAMPLE_STREAM, global_step, ctx.rank))
         sample = self.learner.sample(step, generator)
         path = self.space.path(sample.arch, sample.all_ops)
-
-        # 1. the shared weights: one step on this architecture
-        torch.manual_seed(mix_seed(cfg.seed, STEP_STREAM, global_step, ctx.rank))  # dropout
-        if not self.supernet.training:
-            self.supernet.train()
-        logits = self.supernet(images.to(device, non_blocking=True), path)
+        if not model.training:  # scoring with running BN statistics leaves it in eval mode
+            model.train()
+        images = images.to(ctx.device, non_blocking=True)
+        guard.observe("input", images)
+        logits = model(images, path)
         if teacher is not None:
-            loss = kd_loss(logits, teacher.to(device), cfg.kd_temperature)
+            loss = kd_loss(logits, teacher.to(ctx.device), cfg.kd_temperature)
         else:
-            loss = F.cross_entropy(logits.float(), labels.to(device), label_smoothing=cfg.label_smoothing)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if ctx.enabled:
-            all_reduce_gradients(list(self.supernet.parameters()), ctx.world_size)
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.supernet.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        if ctx.enabled:
-            all_reduce_bn_statistics(self.supernet, ctx.world_size)
-        loss_value = float(loss.detach())
-        if not math.isfinite(float(all_reduce_sum(loss.detach().double().reshape(1)))):
-            raise NonFiniteLossError(f"the supernet loss became NaN/inf at step {global_step}; try a lower --lr")
+            loss = F.cross_entropy(logits.float(), labels.to(ctx.device), label_smoothing=cfg.label_smoothing)
+        self.pending = sample, path, quality_batch, step, global_step, loss.detach()
+        return {"loss": loss}
 
-        # 2. quality on a held-out batch, cost, reward, controller update
+    def after_step(self, state) -> dict[str, float]:
+        """Quality on a held-out batch, cost, reward, the controller's update; the row of ``history.csv``."""
+        sample, path, quality_batch, step, global_step, loss = self.pending
+        ctx = self.ctx
+        if ctx.enabled:  # each process ran its own architecture: identical replicas again
+            all_reduce_bn_statistics(self.supernet, ctx.world_size)
         quality = self.quality(*quality_batch, path)
-        cost, value = score(sample.arch, quality)
+        cost, value = self.search.score(sample.arch, quality)
         stats = self.learner.update(sample, value, step, ctx.world_size)
-        return {"step": global_step + 1, "stage": self.name, "loss": loss_value, "quality": quality, "cost": cost,
-                "lr": self.scheduler.get_last_lr()[0], "warmup_prob": self.learner.schedule.warmup_prob(step),
-                **stats}
+        self.search.history.append({
+            "step": global_step + 1, "stage": self.name, "loss": float(loss), "quality": quality, "cost": cost,
+            "lr": state.optim.lr, "warmup_prob": self.learner.schedule.warmup_prob(step), **stats})
+        return {"q": quality, "T/T0": cost / self.search.target, "reward": stats["reward"],
+                "entropy": stats["entropy"]}
 
     @torch.no_grad()
     def quality(self, images: torch.Tensor, labels: torch.Tensor, path) -> float:
@@ -238,30 +216,43 @@ class StageRun:
             logits = self.supernet(images.to(self.ctx.device, non_blocking=True), path)
         return float((logits.argmax(1).cpu() == labels).float().mean())
 
+    def validate(self, engine: Engine) -> tuple[dict, float | None]:
+        """At the end of the stage: its result, recorded before the checkpoint that closes the stage is written."""
+        if engine.state.step_in_epoch == self.search.steps:
+            self.search.close_stage(self)
+        return {}, None
 
-def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """Average gradients over the processes in one reduction; a tensor no process used keeps ``grad = None`` (its
-    optimiser state is not touched, exactly as in a single process)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    used = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
-    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads] + [used]))
-    counts = flat[-len(params):].tolist()
-    offset = 0
-    for p, count in zip(params, counts, strict=True):
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p) / world_size if count > 0 else None
-        offset += n
+    def result(self) -> StageResult:
+        controller, cost = self.learner.controller, self.search.cost
+        arch = controller.argmax()
+        return StageResult(self.name, arch, self.space.values(arch),
+                           float(cost(self.space.decode(arch), self.search.resolution)),
+                           controller.probabilities(arch), controller.entropy(arch), self.search.steps)
+
+    def checkpoint_extras(self) -> dict:
+        search = self.search
+        return {"format": CKPT_FORMAT, "learner": self.learner.state_dict(), "steps_per_stage": search.steps,
+                "results": [r.to_dict() for r in search.results], "search_history": search.history}
+
+    def check_resumable(self, ckpt: dict, path: Path) -> None:
+        self.search.check_checkpoint(ckpt, path)
+
+    def load_extras(self, ckpt: dict) -> None:
+        self.learner.load_state_dict(ckpt["learner"])
 
 
-def all_reduce_bn_statistics(model: nn.Module, world_size: int) -> None:
-    """Average BN running statistics over the processes (each ran its own architecture): identical replicas."""
-    buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-               for b in (m.running_mean, m.running_var)]
-    flat = all_reduce_sum(torch.cat([b.reshape(-1) for b in buffers])) / world_size
-    offset = 0
-    for b in buffers:
-        b.copy_(flat[offset : offset + b.numel()].view_as(b))
-        offset += b.numel()
+def upgrade_checkpoint(ckpt: dict) -> dict:
+    """A checkpoint of the search's first format (``mnv4-search/1``, written before the search ran on the shared
+    engine) in today's layout: the supernet under ``model``, the stage as the engine's epoch, the per-step history
+    under ``search_history``. The content is the same, so the search continues exactly."""
+    if ckpt.get("format") == CKPT_FORMAT:
+        return ckpt
+    config = ckpt["config"]
+    return {**ckpt, "format": CKPT_FORMAT, "model": ckpt["supernet"], "ema": None, "scaler": None,
+            "epoch": ckpt["stage"], "step_in_epoch": ckpt["stage_step"],
+            "data_order": {"seed": config["seed"], "global_batch": config["global_batch"],
+                           "num_samples": ckpt["num_samples"]},
+            "search_history": ckpt["history"], "history": []}
 
 
 # ----------------------------------------------------------------------------------------------- the search
@@ -270,16 +261,16 @@ def search(cfg: SearchConfig, cost=None) -> SearchResult:
     outputs to ``cfg.out`` (rank 0): the spec file, ``search.json``, ``history.csv``, ``search.png`` and checkpoints.
     ``cost``: any cost model (``cost(spec, resolution) -> float`` with ``name`` and ``unit``); default: the one
     ``cfg.cost`` names."""
-    ctx = init_distributed(cfg.device)
-    try:
+    with run_scope(cfg.device, cfg.threads) as ctx:
         return _Search(cfg, ctx, cost).run()
-    finally:
-        cleanup_distributed()
 
 
 class _Search:
+    """The stages of one search, each a fresh supernet trained by the engine (paper §6.1: two searches)."""
+
     def __init__(self, cfg: SearchConfig, ctx: DistContext, cost):
         self.cfg, self.ctx = cfg, ctx
+        self.out = claim_run_folder(cfg.out, cfg.resume, is_main=ctx.is_main)  # before any work
         self.space = get_space(cfg.space)
         self.cost = cost or make_cost(cfg, ctx.world_size)
         self.resolution = cfg.resolution or self.space.resolution
@@ -287,118 +278,95 @@ class _Search:
         self.start = fine_start(self.space, cfg) if cfg.stages == ("fine",) else self.space.largest()
         if cfg.fix_expansion is not None and "fine" in cfg.stages:  # fail before any work, not at the fine stage
             stage_controller(self.space, "fine", cfg, self.start)
-        self.out = Path(cfg.out)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.data = SupernetData(cfg.data, cfg, cfg.image_size or self.resolution, ctx.world_size, ctx.rank)
         self.steps = cfg.steps or self.data.steps_for(cfg.epochs)
         self.results: list[StageResult] = []
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # one row per step: history.csv
 
     def score(self, arch: Arch, quality: float) -> tuple[float, float]:
         t = float(self.cost(self.space.decode(arch), self.resolution))
         return t, reward(quality, t, self.target, self.cfg.beta, self.cfg.reward)
 
     def run(self) -> SearchResult:
-        cfg, plan = self.cfg, self.cfg.stages
-        checkpoint = self._load_checkpoint() if cfg.resume else None
-        first = checkpoint["stage"] if checkpoint else 0
+        plan = self.cfg.stages
+        checkpoint = self._load_checkpoint()
         if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             log.info("searching %s (%s) for T0 = %.4g %s (%s) at %d px: %s, %d steps each, %d training images",
                      self.space.name, self.space.description, self.target, self.cost.unit, self.cost.name,
                      self.resolution, " then ".join(plan), self.steps, len(self.data.train_indices))
-        for index in range(first, len(plan)):
-            start = self.results[-1].arch if self.results else self.start
-            stage = StageRun(plan[index], index, self.space, cfg, start, self.steps, len(self.data.classes),
-                             self.ctx)
-            done = 0
-            if checkpoint is not None:
-                stage.load_state_dict(checkpoint)
-                set_rng_state(checkpoint["rng"])
-                done, checkpoint = checkpoint["stage_step"], None
-            if not self._run_stage(stage, done):
-                return self._result(None)
-            self.results.append(stage.result(self.cost, self.resolution))
-            if self.ctx.is_main:
-                log.info("%s stage: %s", stage.name, self.space.describe(self.results[-1].arch))
+        for index in range(len(self.results), len(plan)):
+            engine = self._stage_engine(plan[index], index)
+            if checkpoint is not None and checkpoint["epoch"] == index:  # inside this stage (or at its very end)
+                engine.load(checkpoint, self.resumed_from)
+            checkpoint = None
+            engine.run()
+            if engine.state.global_step < (index + 1) * self.steps:
+                return self._result(None)  # stop_after
+            if len(self.results) == index:  # a checkpoint from the very end of the stage, before it was closed
+                self.close_stage(engine.task)
         return self._finish()
 
-    def _run_stage(self, stage: StageRun, done: int) -> bool:
-        """Steps ``done`` .. the end of ``stage``; False when ``stop_after`` stopped the search first."""
-        cfg, offset = self.cfg, stage.index * self.steps
-        stop = self.steps if cfg.stop_after is None else min(self.steps, max(done, cfg.stop_after - offset))
-        batches = self.data.train_batches(offset + done, offset + stop)
-        quality_batches = self.data.quality_batches(offset + done, offset + stop)
-        progress = None
-        if self.ctx.is_main and cfg.progress:
-            from tqdm.auto import tqdm
+    def _stage_engine(self, name: str, index: int) -> Engine:
+        cfg, ctx = self.cfg, self.ctx
+        start = self.results[-1].arch if self.results else self.start
+        with torch.random.fork_rng():  # identical initial weights on every rank, whatever ran before
+            torch.manual_seed(mix_seed(cfg.seed, INIT_STREAM, index))
+            supernet = SuperNet(self.space, len(self.data.classes), drop_rate=cfg.dropout).to(ctx.device)
+        warmup = round(cfg.warmup_fraction * self.steps)
+        settings = OptimizerSettings(cfg.optimizer, cfg.lr, cfg.weight_decay)
+        optim = Optimization.build(supernet, settings, ctx.device, warmup, self.steps, grad_clip=cfg.grad_clip)
+        stop = (index + 1) * self.steps
+        if cfg.stop_after is not None:
+            stop = max(index * self.steps, min(stop, cfg.stop_after))
+        # num_samples: all of train/ (the held-out part is a seeded function of it), as checkpoints have always said
+        plan = RunPlan(num_samples=len(self.data.train_set), global_batch=cfg.global_batch,
+                       batch_size=self.data.batch, accum=1, world_size=ctx.world_size, steps_per_epoch=self.steps,
+                       schedule_steps=self.steps, total_steps=stop, warmup_steps=warmup,
+                       ema_start_step=0)
+        task = SupernetTask(self, name, index, start, supernet)
+        engine = Engine(task, cfg, ctx, plan, supernet, optim, tensorboard=cfg.tensorboard)
+        engine.state.epoch, engine.state.global_step = index, index * self.steps  # a stage is one engine epoch
+        return engine
 
-            progress = tqdm(total=self.steps, initial=done, desc=f"{stage.name} stage", leave=False,
-                            dynamic_ncols=True)
-        try:
-            for step in range(done, stop):
-                row = stage.step(step, offset + step, next(batches), next(quality_batches), self.score)
-                self.history.append(row)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(q=f"{row['quality']:.3f}", t=f"{row['cost'] / self.target:.2f}T0",
-                                         r=f"{row['reward']:.3f}", h=f"{row['entropy']:.1f}")
-                elif self.ctx.is_main and (step + 1) % cfg.log_every == 0:
-                    log.info("%s step %d/%d: quality %.3f, cost %.3g T0, reward %.4f, entropy %.2f", stage.name,
-                             step + 1, self.steps, row["quality"], row["cost"] / self.target, row["reward"],
-                             row["entropy"])
-                if cfg.save_every_steps and (offset + step + 1) % cfg.save_every_steps == 0 and step + 1 < stop:
-                    self._save(stage, step + 1)
-        finally:
-            if progress is not None:
-                progress.close()
-        self._save(stage, stop)
-        return stop == self.steps
+    def close_stage(self, task: SupernetTask) -> None:
+        self.results.append(task.result())
+        if self.ctx.is_main:
+            log.info("%s stage: %s", task.name, self.space.describe(self.results[-1].arch))
 
     # ------------------------------------------------------------------------------------------- checkpoints
-    def _save(self, stage: StageRun, stage_step: int) -> None:
-        if self.ctx.is_main:
-            state = {
-                "format": CKPT_FORMAT,
-                **stage.state_dict(),
-                "stage": stage.index,
-                "stage_step": stage_step,
-                "global_step": stage.index * self.steps + stage_step,
-                "steps_per_stage": self.steps,
-                "num_samples": len(self.data.train_set),
-                "results": [r.to_dict() for r in self.results],
-                "history": self.history,
-                "rng": rng_state(),
-                "config": self.cfg.to_dict(),
-            }
-            atomic_save(state, self.out / checkpoint_name(state["global_step"]))
-            prune_checkpoints(self.out, self.cfg.keep_last)
-        if self.ctx.enabled:
-            torch.distributed.barrier()
-
-    def _load_checkpoint(self) -> dict | None:
-        """The checkpoint ``--resume`` names (``None``: ``auto`` and no checkpoint yet -- a new search, as
-        ``mnv4 train`` does), checked to belong to this search."""
-        found = checkpoint_to_resume(self.cfg.resume, self.out, entry="supernet", kind="mnv4 search")
-        if found is None:
-            if self.ctx.is_main:
-                log.info("--resume auto: no checkpoint in %s yet, starting a new search", self.out)
-            return None
-        path, ckpt = found
-        if ckpt.get("format") != CKPT_FORMAT:
-            raise UserError(f"{path} is not an mnv4 search checkpoint")
+    def check_checkpoint(self, ckpt: dict, path: Path) -> None:
+        """A ``UserError`` unless ``ckpt`` was written by this search: the same settings (but those in
+        ``RESUME_FREE``), data and steps per stage."""
         stored = config_from_dict(ckpt["config"]).to_dict()
         current = self.cfg.to_dict()
         differ = sorted(k for k in current if k not in RESUME_FREE and stored.get(k) != current[k])
-        if differ or ckpt["num_samples"] != len(self.data.train_set) or ckpt["steps_per_stage"] != self.steps:
+        same_data = ckpt["data_order"]["num_samples"] == len(self.data.train_set)
+        if differ or not same_data or ckpt["steps_per_stage"] != self.steps:
             detail = ", ".join(f"{k}: checkpoint {stored.get(k)!r}, now {current[k]!r}" for k in differ)
             raise UserError(f"{path} belongs to another search ({detail or 'other data or steps'}); an exact resume "
                             "needs the same settings and data")
+
+    def _load_checkpoint(self) -> dict | None:
+        """The checkpoint ``--resume`` names (``None``: no resume, or ``auto`` and no checkpoint yet -- a new search,
+        as ``mnv4 train`` does), in today's layout, with the finished stages and the history restored."""
+        with main_process_first(self.ctx):  # rank 0 sets unreadable checkpoints aside first
+            found = checkpoint_to_resume(self.cfg.resume, self.out, entry="learner", kind="mnv4 search")
+        if found is None:
+            if self.cfg.resume and self.ctx.is_main:
+                log.info("--resume auto: no checkpoint in %s yet, starting a new search", self.out)
+            return None
+        self.resumed_from, ckpt = found
+        if ckpt.get("format") not in (CKPT_FORMAT, LEGACY_FORMAT):
+            raise UserError(f"{self.resumed_from} is not an mnv4 search checkpoint")
+        ckpt = upgrade_checkpoint(ckpt)
+        self.check_checkpoint(ckpt, self.resumed_from)
         self.results = [StageResult.from_dict(d) for d in ckpt["results"]]
-        self.history = list(ckpt["history"])
-        if self.ctx.is_main:
-            log.info("resumed from %s at global step %d", path, ckpt["global_step"])
+        self.history = list(ckpt["search_history"])
+        if ckpt["step_in_epoch"] == 0 and ckpt["epoch"] == len(self.results):  # a stage's start: it begins afresh
+            set_rng_state(ckpt["rng"])
+            if self.ctx.is_main:
+                log.info("resumed from %s at global step %d", self.resumed_from, ckpt["global_step"])
+            return None
         return ckpt
 
     # ------------------------------------------------------------------------------------------- outputs

@@ -42,14 +42,40 @@ Arch = tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class Decision:
-    """One categorical choice of the space. ``block`` is None for stage-level decisions (width, depth)."""
+class Key:
+    """Which decision: a searchable stage's width or depth (``block`` None), or one slot of one of its blocks.
+    ``str(key)`` is the decision's name in files and reports ('s2.width', 's2.b0.mid_dw')."""
 
-    name: str  # e.g. 's2.width', 's2.b0.mid_dw'
-    kind: str
     stage: int  # index of the searchable stage (0 = the first searchable one)
-    block: int | None
+    kind: str
+    block: int | None = None
+
+    def __str__(self) -> str:
+        return f"s{self.stage}.{self.kind}" if self.block is None else f"s{self.stage}.b{self.block}.{self.kind}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One categorical choice of the space."""
+
+    key: Key
     choices: tuple
+
+    @property
+    def name(self) -> str:
+        return str(self.key)
+
+    @property
+    def kind(self) -> str:
+        return self.key.kind
+
+    @property
+    def stage(self) -> int:
+        return self.key.stage
+
+    @property
+    def block(self) -> int | None:
+        return self.key.block
 
     def index(self, value) -> int:
         for i, choice in enumerate(self.choices):
@@ -126,20 +152,31 @@ class SearchSpace:
     def decisions(self) -> tuple[Decision, ...]:
         out = []
         for s, stage in enumerate(self.stages):
-            out.append(Decision(f"s{s}.width", WIDTH, s, None, tuple(stage.widths)))
-            out.append(Decision(f"s{s}.depth", DEPTH, s, None, tuple(stage.depths)))
+            out.append(Decision(Key(s, WIDTH), tuple(stage.widths)))
+            out.append(Decision(Key(s, DEPTH), tuple(stage.depths)))
             for b in range(stage.max_depth):
-                out.append(Decision(f"s{s}.b{b}.start_dw", START_DW, s, b, tuple(stage.start_dw)))
-                out.append(Decision(f"s{s}.b{b}.mid_dw", MID_DW, s, b, stage.mid_choices(b)))
-                out.append(Decision(f"s{s}.b{b}.expand", EXPAND, s, b, tuple(stage.expansions)))
+                out.append(Decision(Key(s, START_DW, b), tuple(stage.start_dw)))
+                out.append(Decision(Key(s, MID_DW, b), stage.mid_choices(b)))
+                out.append(Decision(Key(s, EXPAND, b), tuple(stage.expansions)))
         return tuple(out)
 
     @cached_property
-    def _index(self) -> dict[str, int]:
-        return {d.name: i for i, d in enumerate(self.decisions)}
+    def _index(self) -> dict[Key, int]:
+        return {d.key: i for i, d in enumerate(self.decisions)}
 
-    def decision_index(self, name: str) -> int:
-        return self._index[name]
+    def decision_index(self, key: Key) -> int:
+        return self._index[key]
+
+    def choice(self, arch: Arch, key: Key):
+        """The value ``arch`` takes for the decision ``key``."""
+        i = self._index[key]
+        return self.decisions[i].choices[arch[i]]
+
+    def stage_rows(self, arch: Arch, stage: int, width: int = 1) -> list[UIB]:
+        """The UIB rows ``arch`` puts in searchable stage ``stage`` (stride 2 on the first), at ``width``."""
+        return [UIB(self.choice(arch, Key(stage, START_DW, b)), self.choice(arch, Key(stage, MID_DW, b)),
+                    self.choice(arch, Key(stage, EXPAND, b)), width, stride=2 if b == 0 else 1)
+                for b in range(self.choice(arch, Key(stage, DEPTH)))]
 
     @property
     def first_stage_index(self) -> int:
@@ -147,18 +184,18 @@ class SearchSpace:
         return len(self.fixed)
 
     def values(self, arch: Arch) -> dict[str, object]:
-        """{decision name: chosen value}."""
+        """{decision name: chosen value} (for files and reports)."""
         self.check_arch(arch)
         return {d.name: d.choices[i] for d, i in zip(self.decisions, arch, strict=True)}
 
     def describe(self, arch: Arch) -> str:
         """The decisions that matter for ``arch``, e.g. 's0: 48 ch x 2 [IB k3 e4, ExtraDW 3/5 e6]; s1: ...'."""
-        values, parts = self.values(arch), []
+        self.check_arch(arch)
+        parts = []
         for s in range(len(self.stages)):
-            rows = [UIB(values[f"s{s}.b{b}.start_dw"], values[f"s{s}.b{b}.mid_dw"], values[f"s{s}.b{b}.expand"], 1)
-                    for b in range(values[f"s{s}.depth"])]
+            rows = self.stage_rows(arch, s)
             blocks = ", ".join(f"{r.kind} {r.start_dw}/{r.mid_dw} e{r.expand}" for r in rows)
-            parts.append(f"s{s}: {values[f's{s}.width']} ch x {len(rows)} [{blocks}]")
+            parts.append(f"s{s}: {self.choice(arch, Key(s, WIDTH))} ch x {len(rows)} [{blocks}]")
         return "; ".join(parts)
 
     def check_arch(self, arch: Sequence[int]) -> None:
@@ -168,7 +205,7 @@ class SearchSpace:
             raise ValueError(f"not an architecture of search space {self.name!r}: {tuple(arch)!r}")
 
     def depth_of(self, arch: Arch, stage: int) -> int:
-        return self.decisions[self._index[f"s{stage}.depth"]].choices[arch[self._index[f"s{stage}.depth"]]]
+        return self.choice(arch, Key(stage, DEPTH))
 
     def active(self, arch: Arch) -> list[bool]:
         """Which decisions matter for ``arch``: the block decisions of blocks beyond their stage's depth do not
@@ -177,11 +214,11 @@ class SearchSpace:
         return [d.block is None or d.block < depths[d.stage] for d in self.decisions]
 
     # ------------------------------------------------------------------------------------------- points
-    def with_values(self, arch: Arch, **values: object) -> Arch:
-        """``arch`` with some decisions (by name) set to values."""
+    def with_values(self, arch: Arch, values: dict[Key, object]) -> Arch:
+        """``arch`` with the decisions ``values`` names set to those values."""
         out = list(arch)
-        for name, value in values.items():
-            i = self._index[name]
+        for key, value in values.items():
+            i = self._index[key]
             out[i] = self.decisions[i].index(value)
         return tuple(out)
 
@@ -213,16 +250,10 @@ class SearchSpace:
         notes: Iterable[str] = (),
     ) -> ModelSpec:
         """The ``ModelSpec`` of ``arch``: fixed stages, one stage of UIB rows per searchable stage, the head row."""
-        values = self.values(arch)
+        self.check_arch(arch)
         stages: list[tuple[Row, ...]] = list(self.fixed)
         for s in range(len(self.stages)):
-            width, depth = values[f"s{s}.width"], values[f"s{s}.depth"]
-            rows = tuple(
-                UIB(values[f"s{s}.b{b}.start_dw"], values[f"s{s}.b{b}.mid_dw"], values[f"s{s}.b{b}.expand"], width,
-                    stride=2 if b == 0 else 1)
-                for b in range(depth)
-            )
-            stages.append(rows)
+            stages.append(tuple(self.stage_rows(arch, s, width=self.choice(arch, Key(s, WIDTH)))))
         stages.append((self.head,))
         return ModelSpec(
             name=name,
@@ -264,16 +295,15 @@ class SearchSpace:
             check(all(r.stride == (2 if b == 0 else 1) for b, r in enumerate(rows)),
                   f"{at}: the first block must have stride 2 and the others stride 1")
             check(len({r.out for r in rows}) == 1, f"{at}: every block of a stage has the stage's width")
-            values = {f"s{s}.width": rows[0].out, f"s{s}.depth": len(rows)}
+            check(len(rows) <= stage.max_depth, f"{at} has {len(rows)} blocks, the space allows {list(stage.depths)}")
+            values = {Key(s, WIDTH): rows[0].out, Key(s, DEPTH): len(rows)}
             for b, row in enumerate(rows):
-                values.update({f"s{s}.b{b}.start_dw": row.start_dw, f"s{s}.b{b}.mid_dw": row.mid_dw,
-                               f"s{s}.b{b}.expand": row.expand})
-            for name, value in values.items():
-                if name not in self._index:
-                    raise UserError(f"{where}: {at} has {len(rows)} blocks, the space allows {list(stage.depths)}")
-                d = self.decisions[self._index[name]]
-                check(value in d.choices, f"{name} = {value!r} is not one of {list(d.choices)}")
-                arch[self._index[name]] = d.index(value)
+                values.update({Key(s, START_DW, b): row.start_dw, Key(s, MID_DW, b): row.mid_dw,
+                               Key(s, EXPAND, b): row.expand})
+            for key, value in values.items():
+                d = self.decisions[self._index[key]]
+                check(value in d.choices, f"{key} = {value!r} is not one of {list(d.choices)}")
+                arch[self._index[key]] = d.index(value)
         return tuple(arch)
 
     def contains(self, spec: ModelSpec) -> bool:
@@ -287,18 +317,19 @@ class SearchSpace:
     def path(self, arch: Arch, all_ops: Iterable[int] = ()) -> tuple[StagePath, ...]:
         """What the supernet runs for ``arch``; the op decisions whose indices are in ``all_ops`` enable every
         choice (TuNAS's ops warm-up)."""
-        values, everything = self.values(arch), set(all_ops)
+        self.check_arch(arch)
+        everything = set(all_ops)
+
+        def kernels(key: Key) -> tuple[int, ...]:
+            i = self._index[key]
+            return self.decisions[i].choices if i in everything else (self.decisions[i].choices[arch[i]],)
+
         out = []
         for s in range(len(self.stages)):
-            blocks = []
-            for b in range(values[f"s{s}.depth"]):
-                slots = []
-                for kind in (START_DW, MID_DW):
-                    name = f"s{s}.b{b}.{kind}"
-                    i = self._index[name]
-                    slots.append(self.decisions[i].choices if i in everything else (values[name],))
-                blocks.append(BlockPath(slots[0], slots[1], values[f"s{s}.b{b}.expand"]))
-            out.append(StagePath(values[f"s{s}.width"], tuple(blocks)))
+            blocks = tuple(BlockPath(kernels(Key(s, START_DW, b)), kernels(Key(s, MID_DW, b)),
+                                     self.choice(arch, Key(s, EXPAND, b)))
+                           for b in range(self.choice(arch, Key(s, DEPTH))))
+            out.append(StagePath(self.choice(arch, Key(s, WIDTH)), blocks))
         return tuple(out)
 
     def input_widths(self, stage: int) -> tuple[int, ...]:

@@ -7,29 +7,41 @@ Library use::
 
 Command line: ``mnv4 train ...``, ``python -m mnv4.train ...`` or ``torchrun --nproc-per-node N -m mnv4.train ...``.
 
-Modules: ``config`` (TrainConfig, recipes), ``plan`` (step arithmetic, small-data fitting), ``inputs`` (data sets,
-loaders, the validation protocol), ``data`` (the input pipelines), ``optim`` (AdamW groups, WarmupCosine, the
-optimiser step), ``guard`` (the NaN/inf stop), ``state`` (TrainState: what a checkpoint holds), ``checkpoint``
-(atomic writes, listing, loading), ``resume`` (restoring a run, best.pt repair), ``metrics`` (MetricLog),
-``validation`` (evaluate), ``distill``, ``distributed``, and ``loop`` (train).
+Classification is a task on the shared run machinery (``mnv4.engine``: the step loop, checkpoints, resume, the NaN
+guard, logs, optimiser groups and schedule, the process group). Modules here: ``config`` (TrainConfig, recipes),
+``plan`` (small-data and device defaults), ``inputs`` (data sets, loaders, the validation protocol), ``data`` (the
+input pipelines), ``validation`` (evaluate), ``distill``, ``dali``, and ``loop`` (``train``, ``ClassificationTask``).
 """
 
-from .checkpoint import atomic_save, checkpoint_to_resume, list_checkpoints, load_checkpoint, prune_checkpoints
+from ..engine import (
+    MetricLog,
+    NonFiniteError,
+    NonFiniteLossError,
+    RunPlan,
+    RunState,
+    WarmupCosine,
+    atomic_save,
+    checkpoint_to_resume,
+    list_checkpoints,
+    load_checkpoint,
+    param_groups,
+    prune_checkpoints,
+)
 from .config import TrainConfig, list_recipes, load_config, load_recipe
 from .distill import kd_loss, load_teacher, precompute_soft_labels
-from .guard import NonFiniteError, NonFiniteLossError
-from .loop import TrainResult, build_model, train
-from .metrics import MetricLog
-from .optim import WarmupCosine, param_groups
-from .plan import RunPlan, fit_to_data, fit_to_device
-from .state import TrainState
+from .loop import ClassificationTask, TrainResult, build_model, train
+from .plan import fit_to_data, fit_to_device
 from .validation import evaluate
 
+TrainState = RunState  # the name of earlier versions
+
 __all__ = [
+    "ClassificationTask",
     "MetricLog",
     "NonFiniteError",
     "NonFiniteLossError",
     "RunPlan",
+    "RunState",
     "TrainConfig",
     "TrainResult",
     "TrainState",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-# Files, decoding and folder layout are mnv4.images' (the one loader and scanner of every path); re-exported here.
+from ..engine.seeds import AUG_STREAM, SampleKey, mix_seed
 from ..errors import UserError
+
+# Files, decoding and folder layout are mnv4.images' (the one loader and scanner of every path); re-exported here.
 from ..images import IMAGE_EXTENSIONS as IMG_EXTENSIONS  # noqa: F401
 from ..images import DecodeError, scan_image_folder, to_rgb
 from ..images import load_image as load_rgb
@@ -34,24 +36,6 @@ from ..images import load_image as load_rgb
 log = logging.getLogger("mnv4.train.data")
 
 JPEG_MAGIC = b"\xff\xd8"
-# Domain tags so the data order, the augmentation and the per-step draws (dropout, stochastic depth, Mixup/CutMix of
-# a micro-batch, seeded by the training loop) of the same epoch draw from unrelated streams.
-ORDER_STREAM, AUG_STREAM, STEP_STREAM = 1, 2, 3
-
-
-# --------------------------------------------------------------------------------------------- seeds
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix64 over the parts): stable across processes and Python runs."""
-    mask = (1 << 64) - 1
-    state = 0x9E3779B97F4A7C15
-    for part in parts:
-        state = (state ^ (int(part) & mask)) & mask
-        state = (state + 0x9E3779B97F4A7C15) & mask
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        state = z ^ (z >> 31)
-    return state >> 1
 
 
 # --------------------------------------------------------------------------------------------- transforms
@@ -80,9 +64,6 @@ def train_transform(size: int, cfg) -> object:
 
 
 # --------------------------------------------------------------------------------------------- datasets
-SampleKey = tuple[int, int]  # (aug_epoch, index); validation uses aug_epoch = -1 (no randomness)
-
-
 class ImageFolderDataset(Dataset):
     """The CPU pipeline. Indexed by ``(aug_epoch, index)``; returns ``(image, label, index, aug_epoch, bad)``.
 
@@ -162,66 +143,6 @@ class BadFileLog:
             if path not in self.seen:
                 self.seen.add(path)
                 log.warning("%s %s (%s)", self.what, path, reason)
-
-
-# --------------------------------------------------------------------------------------------- sampling
-class MicroBatchSampler:
-    """Per-rank micro-batches of one epoch, from a seeded permutation of the whole data set.
-
-    Optimiser step ``s`` uses the global batch ``perm[s*B:(s+1)*B]``; that batch is cut into ``world * accum`` equal
-    chunks and rank ``r`` runs chunk ``r * accum + a`` at micro-step ``a``. So the chunks — and with per-chunk seeds
-    the whole computation — depend only on the global batch and the chunk size, not on how chunks are spread over
-    processes and accumulation steps. ``start_step`` resumes mid-epoch without touching the skipped samples.
-    Incomplete last batches are dropped (every step has the recipe's global batch).
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        global_batch: int,
-        world_size: int,
-        rank: int,
-        accum: int,
-        seed: int,
-        epoch: int,
-        start_step: int = 0,
-        aug_epoch: int | None = None,
-    ):
-        if global_batch % (world_size * accum):
-            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks x {accum} steps")
-        self.num_samples, self.global_batch = num_samples, global_batch
-        self.world_size, self.rank, self.accum = world_size, rank, accum
-        self.seed, self.epoch, self.start_step = seed, epoch, start_step
-        self.aug_epoch = epoch if aug_epoch is None else aug_epoch
-        self.steps = num_samples // global_batch
-        self.chunk = global_batch // (world_size * accum)
-
-    def __len__(self) -> int:
-        return max(self.steps - self.start_step, 0) * self.accum
-
-    def __iter__(self) -> Iterator[list[SampleKey]]:
-        generator = torch.Generator().manual_seed(mix_seed(self.seed, ORDER_STREAM, self.epoch))
-        perm = torch.randperm(self.num_samples, generator=generator).tolist()
-        for step in range(self.start_step, self.steps):
-            batch = perm[step * self.global_batch : (step + 1) * self.global_batch]
-            for a in range(self.accum):
-                c = self.rank * self.accum + a
-                yield [(self.aug_epoch, i) for i in batch[c * self.chunk : (c + 1) * self.chunk]]
-
-
-class ShardSampler:
-    """Validation: rank ``r`` evaluates indices ``r, r + world, ...`` in batches (every sample exactly once)."""
-
-    def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0):
-        self.indices = list(range(rank, num_samples, world_size))
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
-
-    def __iter__(self) -> Iterator[list[SampleKey]]:
-        for i in range(0, len(self.indices), self.batch_size):
-            yield [(-1, j) for j in self.indices[i : i + self.batch_size]]
 
 
 # --------------------------------------------------------------------------------------------- mixing

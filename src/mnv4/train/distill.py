@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.outputs import samples_fingerprint, staged_file
 from ..errors import UserError
 
 log = logging.getLogger("mnv4.train")
@@ -37,8 +38,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def load_teacher(spec: str, num_classes: int, teacher_model: str | None = None) -> nn.Module:
     """A frozen teacher in eval mode from: our training checkpoint (``.pt``), a ``.safetensors`` file (architecture
     from its metadata written by ``mnv4 train``, or ``teacher_model``), or a model name (pretrained weights)."""
+    from ..engine.checkpoint import load_checkpoint
     from ..factory import create_model
-    from .checkpoint import load_checkpoint
 
     path = Path(spec)
     if path.suffix == ".pt":
@@ -143,32 +144,43 @@ def precompute_soft_labels(
     meta = {
         "replicas": str(replicas),
         "num_samples": str(len(dataset)),
+        "data": dataset_fingerprint(dataset),
         "classes": json.dumps(dataset.classes),
         "augmentation": json.dumps(aug_fingerprint(cfg, size)),
         "teacher": getattr(getattr(teacher, "spec", None), "name", type(teacher).__name__),
     }
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    save_file({"logits": logits}, str(tmp), metadata=meta)
-    tmp.replace(out_path)
-    return out_path
+    with staged_file(out_path) as tmp:
+        save_file({"logits": logits}, str(tmp), metadata=meta)
+    return Path(out_path)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """What a soft-label file is tied to: the training set's classes and, in order, its files (relative path, label,
+    size). The labels are looked up by sample index, so one image more, fewer or renamed shifts every label."""
+    return samples_fingerprint(dataset.samples, dataset.root, dataset.classes)
 
 
 class SoftLabels:
     """Stored teacher logits, checked against the run that uses them."""
 
-    def __init__(self, path: str | Path, cfg, image_size: int, classes: list[str]):
+    def __init__(self, path: str | Path, cfg, image_size: int, dataset):
+        """``dataset``: the training set the labels are looked up for (an ``ImageFolderDataset``); the file must
+        have been made from exactly it, with ``cfg``'s augmentation at ``image_size``."""
         from safetensors.torch import load_file
 
         path = Path(path)
         meta = read_safetensors_metadata(path, "soft-label file")
         if not {"replicas", "classes", "num_samples", "augmentation"} <= set(meta):
             raise UserError(f"{str(path)!r} is not a soft-label file (write one with --precompute-soft-labels)")
+        if json.loads(meta["classes"]) != dataset.classes:
+            raise UserError(f"soft labels in {str(path)!r} were made for other classes than this data set's")
+        made_for = meta.get("data")  # files of earlier versions have no fingerprint: the image count must agree
+        if int(meta["num_samples"]) != len(dataset) or (made_for and made_for != dataset_fingerprint(dataset)):
+            raise UserError(f"soft labels in {str(path)!r} were made from other training images ({meta['num_samples']} "
+                            f"images, this data set has {len(dataset)} or other files): the labels are looked up by "
+                            "image, so make the file again from this data set (--precompute-soft-labels)")
         self.logits = load_file(str(path))["logits"]
         self.replicas = int(meta["replicas"])
-        if json.loads(meta["classes"]) != classes:
-            raise UserError(f"soft labels in {str(path)!r} were made for other classes than this data set's")
         if int(meta["num_samples"]) != self.logits.shape[1]:
             raise UserError(f"soft-label file {str(path)!r} is inconsistent (logits do not match num_samples)")
         stored, current = json.loads(meta["augmentation"]), aug_fingerprint(cfg, image_size)

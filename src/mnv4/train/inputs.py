@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.distributed import DistContext
 from ..errors import UserError
 from ..transforms import DataConfig, data_config, eval_transform
 from .config import TrainConfig
 from .data import BadFileLog, EncodedImageDataset, GpuAugment, ImageFolderDataset, collate, train_transform
-from .distributed import DistContext
 
 log = logging.getLogger("mnv4.train")
 

@@ -1,43 +1,22 @@
-"""A run's step arithmetic, and the defaults that fit a small data set.
-
-``RunPlan`` turns the config and the size of the training set into optimiser steps: micro-batch size, gradient
-accumulation, steps per epoch, warm-up, when the EMA starts. It refuses what cannot work with one error that names
-the flags to change.
+"""Defaults that fit a small data set and the device (classification's: a recipe sets them for ImageNet).
 
 Without a recipe the global batch and the warm-up are left to ``fit_to_data``: a recipe's batch (4096 for
 Conv-S) on a data set of a thousand images makes a handful of optimiser steps and learns nothing. The fitted batch is
-the largest power of two up to 256 that still gives ``MIN_STEPS_PER_EPOCH`` steps per epoch; the warm-up is a tenth
-of the schedule, at most one epoch. With gradient clipping (on by default) this trains from scratch on small data
-(docs/train.md, "Small data sets"). ``fit_to_device`` likewise fills the engine settings left open: the throughput
-settings on CUDA, plain fp32 eager on the CPU.
+the largest power of two up to 256 that still gives ``MIN_STEPS_PER_EPOCH`` steps per epoch
+(``mnv4.engine.plan.fitted_global_batch``); the warm-up is a tenth of the schedule, at most one epoch. With gradient
+clipping (on by default) this trains from scratch on small data (docs/train.md, "Small data sets"). ``fit_to_device``
+likewise fills the engine settings left open: the throughput settings on CUDA, plain fp32 eager on the CPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from ..engine.device import device_defaults
+from ..engine.plan import fitted_global_batch
 from .config import TrainConfig
-
-DEFAULT_GLOBAL_BATCH = 256
-MIN_FITTED_BATCH = 8
-MIN_STEPS_PER_EPOCH = 30
-MIN_TOTAL_STEPS = 100  # fewer optimiser steps than this: a model trained from scratch learns little; say so
-
-
-def fitted_global_batch(num_samples: int, world_size: int = 1) -> int:
-    """The largest power of two <= 256 with >= ``MIN_STEPS_PER_EPOCH`` steps per epoch (at least 8, at most the
-    data set), rounded down to a multiple of the number of processes."""
-    batch = DEFAULT_GLOBAL_BATCH
-    while batch > MIN_FITTED_BATCH and num_samples // batch < MIN_STEPS_PER_EPOCH:
-        batch //= 2
-    while batch > 1 and batch > num_samples:
-        batch //= 2
-    return max(world_size, batch - batch % world_size)
 
 
 def fit_to_data(cfg: TrainConfig, num_samples: int, world_size: int = 1) -> tuple[TrainConfig, list[str]]:
@@ -55,93 +34,7 @@ def fit_to_data(cfg: TrainConfig, num_samples: int, world_size: int = 1) -> tupl
 
 
 def fit_to_device(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, list[str]]:
-    """``cfg`` with ``precision`` / ``channels_last`` / ``compile`` left at ``None`` set for ``device``, and one note
-    per filled value. On CUDA: bf16 autocast (fp32 where the GPU has no bf16), channels_last and ``torch.compile``
-    -- the settings of timm's and torchvision's fast GPU recipes; on the CPU fp32, NCHW and eager, whose speed
-    they do not help and whose first steps compiling would dominate."""
-    on_cuda = device.type == "cuda"
-    values = {}
-    if cfg.precision is None:
-        values["precision"] = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "fp32"
-    if cfg.channels_last is None:
-        values["channels_last"] = on_cuda
-    if cfg.compile is None:
-        values["compile"] = on_cuda
-    notes = []
-    if values:
-        chosen = ", ".join(f"{k} {v}" for k, v in values.items())
-        notes.append(f"for {device.type}: {chosen} (--precision / --channels-last / --compile to choose)")
-    return dataclasses.replace(cfg, **values), notes
+    """``cfg`` with ``precision`` / ``channels_last`` / ``compile`` left at ``None`` set for ``device``
+    (``mnv4.engine.device.device_defaults``), and a note for the run's first lines."""
+    return device_defaults(cfg, device, ("precision", "channels_last", "compile"))
 
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Optimiser steps of a run. Step ``s`` takes the global batch ``perm[s*B:(s+1)*B]`` of the epoch's permutation
-    (incomplete last batches are dropped), as ``world_size`` processes x ``accum`` micro-batches of ``batch_size``."""
-
-    num_samples: int
-    global_batch: int
-    batch_size: int
-    accum: int
-    world_size: int
-    steps_per_epoch: int
-    schedule_steps: int  # the LR schedule always spans cfg.epochs
-    total_steps: int  # = schedule_steps, or fewer with max_steps
-    warmup_steps: int
-    ema_start_step: int
-
-    @classmethod
-    def build(cls, cfg: TrainConfig, num_samples: int, world_size: int) -> RunPlan:
-        """``cfg`` after ``fit_to_data`` (``global_batch`` and ``warmup_epochs`` set)."""
-        batch_size = cfg.batch_size or cfg.global_batch // world_size
-        accum = cfg.global_batch // (batch_size * world_size)
-        if accum < 1 or accum * batch_size * world_size != cfg.global_batch:
-            raise UserError(
-                f"global batch {cfg.global_batch} must be batch_size {batch_size} x {world_size} processes x an "
-                "integer number of accumulation steps; change --batch-size or --global-batch"
-            )
-        steps_per_epoch = num_samples // cfg.global_batch
-        if steps_per_epoch == 0:
-            raise UserError(
-                f"global batch {cfg.global_batch} exceeds the {num_samples} training images: pass --global-batch "
-                f"{fitted_global_batch(num_samples, world_size)} (fitted to this data set), or leave --global-batch "
-                "and --recipe out to have it fitted"
-            )
-        schedule_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-        return cls(
-            num_samples=num_samples,
-            global_batch=cfg.global_batch,
-            batch_size=batch_size,
-            accum=accum,
-            world_size=world_size,
-            steps_per_epoch=steps_per_epoch,
-            schedule_steps=schedule_steps,
-            total_steps=min(schedule_steps, cfg.max_steps) if cfg.max_steps else schedule_steps,
-            warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
-            ema_start_step=round(cfg.ema_start_epochs * steps_per_epoch),
-        )
-
-    def describe(self) -> str:
-        return (
-            f"{self.total_steps} optimiser steps ({self.steps_per_epoch} per epoch) of {self.global_batch} images "
-            f"(= {self.batch_size}/process x {self.world_size} processes x {self.accum} accumulation), "
-            f"{self.warmup_steps} warm-up steps"
-        )
-
-    def too_short(self) -> str | None:
-        """A warning when the schedule is too short to learn from scratch, naming what to change."""
-        if self.schedule_steps >= MIN_TOTAL_STEPS:
-            return None
-        fitted = fitted_global_batch(self.num_samples, self.world_size)
-        if fitted < self.global_batch:
-            advice = (
-                f"pass --global-batch {fitted} ({self.num_samples // fitted} steps per epoch, fitted to this data set; "
-                "leaving --global-batch and --recipe out does this), or train for more --epochs"
-            )
-        else:
-            advice = "train for more --epochs"
-        return (
-            f"this schedule makes only {self.schedule_steps} optimiser steps ({self.steps_per_epoch} per epoch of "
-            f"{self.global_batch} images out of {self.num_samples}): a model trained from scratch learns little in so "
-            f"few. To fix: {advice}"
-        )

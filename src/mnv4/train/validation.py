@@ -7,20 +7,13 @@ A file that cannot be decoded is skipped, logged and counted — never scored as
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.device import autocast
+from ..engine.distributed import all_reduce_sum
 from .data import BadFileLog
-from .distributed import all_reduce_sum
-
-
-def autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 @torch.no_grad()

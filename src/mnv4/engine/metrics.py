@@ -7,7 +7,7 @@ import csv
 import logging
 from pathlib import Path
 
-log = logging.getLogger("mnv4.train")
+log = logging.getLogger("mnv4.engine")
 
 
 class MetricLog:

@@ -100,3 +100,29 @@ def main_process_first(ctx: DistContext):
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def all_reduce_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """Average gradients over the processes in one reduction, for runs whose processes run different sub-networks
+    (the search: each samples its own architecture), where DDP's bucketed hooks do not apply. A tensor no process
+    used keeps ``grad = None`` (its optimiser state is not touched, exactly as in a single process)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    used = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads] + [used]))
+    counts = flat[-len(params):].tolist()
+    offset = 0
+    for p, count in zip(params, counts, strict=True):
+        n = p.numel()
+        p.grad = flat[offset : offset + n].view_as(p) / world_size if count > 0 else None
+        offset += n
+
+
+def all_reduce_bn_statistics(model: nn.Module, world_size: int) -> None:
+    """Average BN running statistics over the processes (each ran its own sub-network): identical replicas."""
+    buffers = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               for b in (m.running_mean, m.running_var)]
+    flat = all_reduce_sum(torch.cat([b.reshape(-1) for b in buffers])) / world_size
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()

@@ -1,22 +1,23 @@
-"""Training checkpoints: written atomically, loaded without unpickling code, complete enough to resume bit-exactly.
+"""Run checkpoints: written atomically, loaded without unpickling code, complete enough to resume bit-exactly.
 
-A checkpoint holds what ``TrainState`` holds (model, EMA, optimiser, LR scheduler, grad scaler, the position, the best
+A checkpoint holds what ``RunState`` holds (model, EMA, optimiser, LR scheduler, grad scaler, the position, the best
 score and the running sums of the epoch in progress), the data-order state (seed, global batch: the order of every
 epoch is a function of these), the RNG states of python / numpy / torch CPU / CUDA and the config. Everything is
 stored as tensors and plain Python types so ``torch.load(weights_only=True)`` reads it (no pickled objects).
 
 Nothing is lost to a kill: a file is written under a temporary name and renamed into place (readers see the old file
-or the new one), temporary files of killed writers are removed by the next run, and a newest checkpoint that cannot
-be read is set aside so that ``--resume auto`` falls back to the one before.
+or the new one), temporary files of killed writers are removed by the next run (``mnv4.engine.outputs``), and a
+newest checkpoint that cannot be read is set aside so that ``--resume auto`` falls back to the one before.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
-import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .outputs import staged_file
 
-log = logging.getLogger("mnv4.train")
+log = logging.getLogger("mnv4.engine")
 
 CKPT_PATTERN = re.compile(r"^ckpt-(\d{8})\.pt$")
-# ``.<name>.tmp-<pid>@<host>`` (older versions: ``.<name>.tmp-<pid>``)
-TEMP_PATTERN = re.compile(r"^\..+\.tmp-(\d+)(?:@(.+))?$")
 UNREADABLE_SUFFIX = ".unreadable"
 
 
@@ -38,54 +38,14 @@ def checkpoint_name(global_step: int) -> str:
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader (or a resume
-    after a crash) sees the old file or the new one, never half of one. The temporary name carries the writer's pid
-    and host, so ``remove_stale_temp_files`` can tell a killed writer's leftover from a live writer's file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}")
-    try:
+    """``torch.save`` through a temporary file in the same folder, fsync, then a rename (``outputs.staged_file``): a
+    reader (or a resume after a crash) sees the old file or the new one, never half of one."""
+    with staged_file(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed ``atomic_save`` calls left in ``folder``; returns them.
-
-    A file is stale when its writer was on this host and that process no longer exists (or is this process, which
-    is not writing yet). Files of live processes and of other hosts (a shared file system) are left alone.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    host, removed = socket.gethostname(), []
-    for path in folder.iterdir():
-        match = TEMP_PATTERN.match(path.name)
-        if not match or not path.is_file():
-            continue
-        pid, writer_host = int(match.group(1)), match.group(2)
-        if writer_host not in (None, host) or (pid != os.getpid() and _process_exists(pid)):
-            continue
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    return Path(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -137,9 +97,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     if not path.is_file():
         raise UserError(f"checkpoint {str(path)!r} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files: the error says enough
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" not in str(err):  # torch's message for a refused class / function
+            raise UnreadableCheckpointError(f"cannot read checkpoint {str(path)!r}: it is damaged or not a "
+                                            "checkpoint") from None
+        # objects beyond tensors and plain values: never unpickled (it could run code); torch's advice to load it
+        # with weights_only=False is exactly what must not be done with a file from elsewhere
+        raise UserError(f"checkpoint {str(path)!r} holds pickled objects other than tensors and plain values; mnv4 "
+                        "refuses to load it (loading could run code) -- mnv4 checkpoints never hold such objects, so "
+                        "it was written by another program") from None
     except Exception as err:  # torch raises several types for truncated / foreign files
-        raise UnreadableCheckpointError(f"cannot read checkpoint {str(path)!r}: {type(err).__name__}: {err}") from None
+        reason = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else ""
+        raise UnreadableCheckpointError(f"cannot read checkpoint {str(path)!r} ({type(err).__name__}: {reason}); "
+                                        "it is truncated or not a checkpoint") from None
     if not isinstance(ckpt, dict) or entry not in ckpt:
         raise UserError(f"{str(path)!r} is not an {kind} checkpoint (no {entry!r} entry)")
     return ckpt
