@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run ``mnv4 ARGV``. ``prog`` names the program in the one-line errors (``python -m mnv4.train`` runs
+    ``main(['train', ...], prog='mnv4.train')``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:  # bad input: one clear line. Anything else (a bug, out of memory) keeps its traceback
-        print(f"mnv4 {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog or 'mnv4 ' + args.command}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
@@ -21,28 +22,103 @@ from ..specs import MIN_INPUT_SIZE, is_spec_file
 
 DEFAULT_MODEL = "mobilenetv4_conv_small"
 
-# A command's config flags: (flag, config field, type -- None for a --flag/--no-flag switch --, help). Every flag
-# defaults to None, "not given", so a recipe's value stays unless the flag is on the command line.
-FlagTable = list[tuple[str, str, object, str]]
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag of a run's config: the flag, the config field it sets, its help. Its type comes from the
+    field's annotation (``bool``: ``--flag/--no-flag``); it defaults to ``None``, "not given", so a recipe's value
+    stays unless the flag is on the command line."""
+
+    flag: str
+    field: str
+    help: str
 
 
-def add_flag_table(p: argparse.ArgumentParser, table: FlagTable, config_name: str, set_example: str) -> None:
-    """The table's flags, plus ``--set FIELD=VALUE`` for any other field of the config."""
-    for flag, dest, kind, help_text in table:
+# The flags the run commands share (mnv4 train, detect train, search, segment train), one help text each. A command's
+# table picks these by field name (``run_flags``) and adds its own rows.
+RUN_FLAGS: dict[str, Flag] = {f.field: f for f in (
+    Flag("--out", "out", "output folder: checkpoints, CSV/TensorBoard logs and the final weights (a new run refuses "
+                         "a folder that holds another run: --resume auto continues it)"),
+    Flag("--pretrained", "pretrained", "start from pretrained weights: 'true' (the tag's) or a weights file"),
+    Flag("--image-size", "image_size", "training / validation resolution (default: the model's)"),
+    Flag("--epochs", "epochs", "training epochs (the cosine schedule follows)"),
+    Flag("--global-batch", "global_batch", "optimiser batch over all processes"),
+    Flag("--batch-size", "batch_size", "images per process per forward; the rest is gradient accumulation"),
+    Flag("--max-steps", "max_steps", "stop after this many optimiser steps (the schedule still spans --epochs)"),
+    Flag("--lr", "lr", "peak learning rate"),
+    Flag("--weight-decay", "weight_decay", "weight decay (not on BN, biases, layer scale)"),
+    Flag("--warmup-epochs", "warmup_epochs", "linear warm-up epochs"),
+    Flag("--grad-clip", "grad_clip", "clip the global gradient norm to this (0 = off)"),
+    Flag("--ema-decay", "ema_decay", "EMA decay (0 = off)"),
+    Flag("--drop-path", "drop_path", "peak stochastic-depth rate"),
+    Flag("--randaug-layers", "randaug_layers", "RandAugment ops per image (0 = off)"),
+    Flag("--soft-labels", "soft_labels", "offline distillation: a file from `mnv4 train --precompute-soft-labels`"),
+    Flag("--device", "device", "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+    Flag("--precision", "precision", "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler)"),
+    Flag("--workers", "workers", "data-loader worker processes per rank"),
+    Flag("--seed", "seed", "seed of data order, augmentation, dropout and initialisation"),
+    Flag("--threads", "threads", "torch CPU threads"),
+    Flag("--resume", "resume", "a checkpoint file, or 'auto': the newest ckpt-*.pt in --out (a new run if none)"),
+    Flag("--save-every-steps", "save_every_steps", "checkpoint every N steps as well as at every epoch's end"),
+    Flag("--keep-last", "keep_last", "step checkpoints kept (best.pt is kept apart)"),
+    Flag("--log-every", "log_every", "steps between log rows"),
+    Flag("--sync-bn", "sync_bn", "SyncBatchNorm across processes (CUDA)"),
+    Flag("--deterministic", "deterministic", "torch.use_deterministic_algorithms(True) (bit-exact CPU runs)"),
+    Flag("--progress", "progress", "progress bar"),
+    Flag("--tensorboard", "tensorboard", "TensorBoard scalars next to the CSV logs"),
+)}
+
+
+def run_flags(*fields: str, **help_texts: str) -> list[Flag]:
+    """The shared flags of ``fields`` (``RUN_FLAGS``), in that order; ``help_texts`` replace a field's help where a
+    command says more (e.g. what its --out folder holds)."""
+    return [Flag(RUN_FLAGS[f].flag, f, help_texts.get(f, RUN_FLAGS[f].help)) for f in fields]
+
+
+def flag_type(config, field: str):
+    """argparse's ``type`` for a config field: from its annotation (None for a bool switch)."""
+    annotation = str(config.fields()[field].type).replace(" ", "")
+    kinds = annotation.split("|")
+    if kinds[0] == "bool":
+        return None
+    if "str" in kinds:
+        return str
+    return float if "float" in kinds else int if "int" in kinds else str
+
+
+def add_flag_table(p: argparse.ArgumentParser, table: list[Flag], config, set_example: str) -> None:
+    """The table's flags for the dataclass ``config`` (a ``RunConfig``), plus ``--set FIELD=VALUE`` for any other
+    field."""
+    for row in table:
+        kind = flag_type(config, row.field)
         if kind is None:
-            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            p.add_argument(row.flag, dest=row.field, action=argparse.BooleanOptionalAction, default=None,
+                           help=row.help)
         else:
-            p.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+            p.add_argument(row.flag, dest=row.field, type=kind, default=None, help=row.help)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help=f"set any {config_name} field (a TOML value), e.g. --set {set_example}")
+                   help=f"set any {config.__name__} field (a TOML value), e.g. --set {set_example}")
 
 
-def flag_values(args: argparse.Namespace, table: FlagTable, fields, config_name: str) -> dict:
-    """The config values the command line gives: the table's flags (``None`` where not given), then ``--set``."""
+def flag_values(args: argparse.Namespace, table: list[Flag], config) -> dict:
+    """The config values the command line gives: the table's flags (``None`` where not given), then ``--set``. A
+    field that takes a string or a bool (``pretrained``) reads 'true' / 'false' as the bool."""
     from ..recipe_files import parse_set
 
-    values = {dest: getattr(args, dest) for _, dest, _, _ in table}
-    return {**values, **parse_set(args.set, fields, config_name)}
+    fields = config.fields()
+    values = {row.field: getattr(args, row.field) for row in table}
+    values.update(parse_set(args.set, fields, config.__name__))
+    for name, value in values.items():
+        if isinstance(value, str) and value.lower() in ("true", "false") and "bool" in str(fields[name].type):
+            values[name] = value.lower() == "true"
+    return values
+
+
+def run_command(command: str, prog: str, argv: list[str] | None) -> int:
+    """The entry point of ``python -m mnv4.<package> ...`` (what ``torchrun -m`` runs): ``mnv4 COMMAND ...`` with
+    the same flags and the same one-line errors, under the module's own name."""
+    from . import main
+
+    return main([command, *(sys.argv[1:] if argv is None else argv)], prog=prog)
 
 
 def add_weights_args(p: argparse.ArgumentParser, random_weights: bool = False) -> None:

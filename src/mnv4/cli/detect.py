@@ -8,45 +8,30 @@ import json
 import logging
 import sys
 
-from ._common import add_flag_table, flag_values
+from ..detection.config import DetectConfig
+from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
 
-# flag -> (DetectConfig field, type, help); None type = boolean --flag/--no-flag
-TRAIN_OVERRIDES: list[tuple[str, str, object, str]] = [
-    ("--arch", "arch", str, "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
-    ("--backbone", "backbone", str, "MobileNetV4 variant or variant.tag (mnv4 models)"),
-    ("--pretrained", "pretrained", str, "backbone weights: 'true' (the tag's ImageNet weights) or a weights file"),
-    ("--train-annotations", "train_annotations", str, "COCO instances JSON of the training set"),
-    ("--train-images", "train_images", str, "folder the training JSON's file_name entries are relative to"),
-    ("--val-annotations", "val_annotations", str, "COCO instances JSON of the validation set (COCO AP per epoch)"),
-    ("--val-images", "val_images", str, "folder of the validation images"),
-    ("--out", "out", str, "output folder: checkpoints, CSV/TensorBoard logs, model.safetensors"),
-    ("--image-size", "image_size", int, "input size (default 384 RetinaNet, 320 SSDLite)"),
-    ("--fpn-channels", "fpn_channels", int, "RetinaNet FPN / head width (paper: 256)"),
-    ("--trainable-stages", "trainable_stages", int, "train only the last N backbone stages (stem, blocks.0-4)"),
-    ("--drop-path", "drop_path", float, "backbone stochastic depth (paper: 0.2)"),
-    ("--epochs", "epochs", float, "training epochs (the cosine schedule follows)"),
-    ("--global-batch", "global_batch", int, "optimiser batch over all processes"),
-    ("--batch-size", "batch_size", int, "images per process per forward; the rest is gradient accumulation"),
-    ("--max-steps", "max_steps", int, "stop after this many optimiser steps"),
-    ("--optimizer", "optimizer", str, "adam (L2), adamw (decoupled) or sgd"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--weight-decay", "weight_decay", float, "weight decay (L2 for adam/sgd; not on BN/biases)"),
-    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up epochs"),
-    ("--ema-decay", "ema_decay", float, "EMA decay (0 = off)"),
-    ("--augment", "augment", str, "paper (flip + scale jitter + RandAugment), ssd or none"),
-    ("--eval-every", "eval_every", int, "validate every N epochs (0: only after the last)"),
-    ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler)"),
-    ("--workers", "workers", int, "data-loader worker processes per rank"),
-    ("--seed", "seed", int, "seed of data order, augmentation and init"),
-    ("--threads", "threads", int, "torch CPU threads"),
-    ("--resume", "resume", str, "checkpoint file, or 'auto' for the newest ckpt-*.pt in --out"),
-    ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps as well as every epoch"),
-    ("--log-every", "log_every", int, "steps between log rows"),
-    ("--frozen-bn", "frozen_bn", None, "freeze every backbone BatchNorm (small batches)"),
-    ("--sync-bn", "sync_bn", None, "SyncBatchNorm across processes (CUDA)"),
-    ("--progress", "progress", None, "progress bar"),
-    ("--tensorboard", "tensorboard", None, "TensorBoard scalars next to the CSV logs"),
+TRAIN_FLAGS: list[Flag] = [
+    Flag("--arch", "arch", "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
+    Flag("--backbone", "backbone", "MobileNetV4 variant or variant.tag (mnv4 models)"),
+    *run_flags("pretrained", pretrained="backbone weights: 'true' (the tag's ImageNet weights) or a weights file"),
+    Flag("--train-annotations", "train_annotations", "COCO instances JSON of the training set"),
+    Flag("--train-images", "train_images", "folder the training JSON's file_name entries are relative to"),
+    Flag("--val-annotations", "val_annotations", "COCO instances JSON of the validation set (COCO AP per epoch)"),
+    Flag("--val-images", "val_images", "folder of the validation images (with --val-annotations)"),
+    *run_flags("out", "image_size", image_size="input size (default 384 RetinaNet, 320 SSDLite)"),
+    Flag("--fpn-channels", "fpn_channels", "RetinaNet FPN / head width (paper: 256)"),
+    Flag("--trainable-stages", "trainable_stages", "train only the last N backbone stages (stem, blocks.0-4)"),
+    *run_flags("drop_path", "epochs", "global_batch", "batch_size", "max_steps",
+               drop_path="backbone stochastic depth (paper: 0.2)"),
+    Flag("--optimizer", "optimizer", "adam (L2), adamw (decoupled) or sgd"),
+    *run_flags("lr", "weight_decay", "warmup_epochs", "ema_decay",
+               weight_decay="weight decay (L2 for adam/sgd; not on BN/biases)"),
+    Flag("--augment", "augment", "paper (flip + scale jitter + RandAugment), ssd or none"),
+    Flag("--eval-every", "eval_every", "validate every N epochs (0: only after the last)"),
+    *run_flags("device", "precision", "workers", "seed", "threads", "resume", "save_every_steps", "log_every"),
+    Flag("--frozen-bn", "frozen_bn", "freeze every backbone BatchNorm (small batches)"),
+    *run_flags("sync_bn", "progress", "tensorboard"),
 ]
 
 
@@ -64,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                               "it. Multi-GPU: torchrun --nproc-per-node N -m mnv4.detection train <same flags>.")
     t.add_argument("--recipe", default=None, help="a shipped detection recipe or a .toml file")
     t.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
-    add_flag_table(t, TRAIN_OVERRIDES, "DetectConfig", "scale_max=1.5")
+    add_flag_table(t, TRAIN_FLAGS, DetectConfig, "scale_max=1.5")
     t.set_defaults(func=run_train)
 
     e = detect_sub.add_parser("eval", help="COCO AP of a trained detector on a COCO-format set",
@@ -110,13 +95,10 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
 
 
-def detect_config_from_args(args: argparse.Namespace):
-    from ..detection.config import FIELDS, load_detect_config
+def detect_config_from_args(args: argparse.Namespace) -> DetectConfig:
+    from ..detection.config import load_detect_config
 
-    overrides = flag_values(args, TRAIN_OVERRIDES, FIELDS, "DetectConfig")
-    if isinstance(overrides.get("pretrained"), str) and overrides["pretrained"].lower() in ("true", "false"):
-        overrides["pretrained"] = overrides["pretrained"].lower() == "true"
-    return load_detect_config(args.recipe, **overrides)
+    return load_detect_config(args.recipe, **flag_values(args, TRAIN_FLAGS, DetectConfig))
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -235,6 +217,4 @@ def run_models(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m mnv4.detection ACTION ...`` (for torchrun): ``mnv4 detect ACTION ...``."""
-    from . import main as mnv4_main
-
-    return mnv4_main(["detect", *(sys.argv[1:] if argv is None else argv)])
+    return run_command("detect", "mnv4 detect", argv)

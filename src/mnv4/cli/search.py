@@ -5,48 +5,44 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_flag_table, flag_values
+from ..nas.config import SearchConfig
+from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
 
-# flag -> (SearchConfig field, type, help); None type = boolean --flag/--no-flag
-OVERRIDES: list[tuple[str, str, object, str]] = [
-    ("--space", "space", str, "search space: conv_small, conv_medium, conv_large (paper sizes) or tiny (CPU proxy)"),
-    ("--data", "data", str, "ImageFolder root with train/<class>/* (part of it is held out to score architectures)"),
-    ("--out", "out", str, "output folder: spec file, search.json, history.csv, search.png, checkpoints"),
-    ("--name", "name", str, "name of the found architecture (default mnv4_nas_<space>)"),
-    ("--stage", "stage", str, "coarse (widths, depths), fine (DW slots, expansions) or both (default)"),
-    ("--base", "base", str, "--stage fine: keep this architecture's widths/depths (variant or spec file; default: "
-                            "the space's paper model)"),
-    ("--fix-expansion", "fix_expansion", float, "fine stage: every expansion at this value (the paper: 4)"),
-    ("--target", "target", float, "cost target T0 in the cost model's unit (roofline: effective MACs)"),
-    ("--target-model", "target_model", str, "T0 = the cost of this variant or spec file (x --target-scale)"),
-    ("--target-scale", "target_scale", float, "with --target-model: T0 = scale x its cost (e.g. 0.8)"),
-    ("--cost", "cost", str, "roofline (default; the paper's model at --rp) or latency-table (ONNX Runtime latency "
-                            "of each block measured on this machine, kept in --latency-table)"),
-    ("--latency-table", "latency_table", str, "the latency table's JSON file (default ~/.cache/mnv4/)"),
-    ("--rp", "ridge_point", str, "roofline ridge point: a profile (pixel6-cpu, s23-cpu, pixel4-dsp, pixel8-edgetpu) "
-                                 "or MACs/byte (`mnv4 roofline --fit` measures yours)"),
-    ("--precision", "precision", str, "roofline bytes per element: int8 (default), fp16, bf16, fp32"),
-    ("--resolution", "resolution", int, "input size the cost is taken at (default: the space's)"),
-    ("--reward", "reward", str, "abs (TuNAS, default), mnas or mnas_hard (MnasNet)"),
-    ("--beta", "beta", float, "reward slope / exponent, < 0 (default -0.1)"),
-    ("--image-size", "image_size", int, "supernet training resolution (default: the cost resolution)"),
-    ("--epochs", "epochs", float, "supernet epochs per stage"),
-    ("--steps", "steps", int, "steps per stage (instead of --epochs)"),
-    ("--global-batch", "global_batch", int, "training batch over all processes"),
-    ("--optimizer", "optimizer", str, "supernet optimiser: adamw (default) or rmsprop (TuNAS)"),
-    ("--lr", "lr", float, "supernet peak learning rate"),
-    ("--weight-decay", "weight_decay", float, "supernet weight decay"),
-    ("--soft-labels", "soft_labels", str, "offline distillation labels from `mnv4 train --precompute-soft-labels`"),
-    ("--holdout-fraction", "holdout_fraction", float, "part of train/ held out for the quality batches"),
-    ("--rl-lr", "rl_lr", float, "controller learning rate (default 3e-4 x global batch / 256)"),
-    ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("--workers", "workers", int, "data-loader workers per process"),
-    ("--threads", "threads", int, "torch CPU threads"),
-    ("--seed", "seed", int, "seed of everything random in the search"),
-    ("--resume", "resume", str, "checkpoint file, or 'auto' for the newest in --out"),
-    ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps (and at the end of each stage)"),
-    ("--progress", "progress", None, "progress bar"),
-    ("--plot", "plot", None, "write search.png (needs matplotlib)"),
+FLAGS: list[Flag] = [
+    Flag("--space", "space", "search space: conv_small, conv_medium, conv_large (paper sizes) or tiny (CPU proxy)"),
+    Flag("--data", "data", "ImageFolder root with train/<class>/* (part of it is held out to score architectures)"),
+    *run_flags("out", out="output folder: spec file, search.json, history.csv, search.png, checkpoints (a new "
+                          "search refuses a folder that holds another run: --resume auto continues it)"),
+    Flag("--name", "name", "name of the found architecture (default mnv4_nas_<space>)"),
+    Flag("--stage", "stage", "coarse (widths, depths), fine (DW slots, expansions) or both (default)"),
+    Flag("--base", "base", "--stage fine: keep this architecture's widths/depths (variant or spec file; default: "
+                           "the space's paper model)"),
+    Flag("--fix-expansion", "fix_expansion", "fine stage: every expansion at this value (the paper: 4)"),
+    Flag("--target", "target", "cost target T0 in the cost model's unit (roofline: effective MACs)"),
+    Flag("--target-model", "target_model", "T0 = the cost of this variant or spec file (x --target-scale)"),
+    Flag("--target-scale", "target_scale", "with --target-model: T0 = scale x its cost (e.g. 0.8)"),
+    Flag("--cost", "cost", "roofline (default; the paper's model at --rp) or latency-table (ONNX Runtime latency of "
+                           "each block measured on this machine, kept in --latency-table)"),
+    Flag("--latency-table", "latency_table", "the latency table's JSON file (default ~/.cache/mnv4/)"),
+    Flag("--rp", "ridge_point", "roofline ridge point: a profile (pixel6-cpu, s23-cpu, pixel4-dsp, pixel8-edgetpu) "
+                                "or MACs/byte (`mnv4 roofline --fit` measures yours)"),
+    Flag("--precision", "precision", "roofline bytes per element: int8 (default), fp16, bf16, fp32"),
+    Flag("--resolution", "resolution", "input size the cost is taken at (default: the space's)"),
+    Flag("--reward", "reward", "abs (TuNAS, default), mnas or mnas_hard (MnasNet)"),
+    Flag("--beta", "beta", "reward slope / exponent, < 0 (default -0.1)"),
+    *run_flags("image_size", image_size="supernet training resolution (default: the cost resolution)"),
+    *run_flags("epochs", epochs="supernet epochs per stage"),
+    Flag("--steps", "steps", "steps per stage (instead of --epochs)"),
+    *run_flags("global_batch"),
+    Flag("--optimizer", "optimizer", "supernet optimiser: adamw (default) or rmsprop (TuNAS)"),
+    *run_flags("lr", "weight_decay", lr="supernet peak learning rate", weight_decay="supernet weight decay"),
+    *run_flags("soft_labels"),
+    Flag("--holdout-fraction", "holdout_fraction", "part of train/ held out for the quality batches"),
+    Flag("--rl-lr", "rl_lr", "controller learning rate (default 3e-4 x global batch / 256)"),
+    *run_flags("device", "workers", "threads", "seed", "resume", "save_every_steps", "progress",
+               seed="seed of everything random in the search",
+               save_every_steps="checkpoint every N steps (and at the end of each stage)"),
+    Flag("--plot", "plot", "write search.png (needs matplotlib)"),
 ]
 
 
@@ -60,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "point --rp. Writes the architecture as a spec file that `mnv4 train/export/bench/roofline --model` take. "
         "Multi-GPU: torchrun --nproc-per-node N -m mnv4.cli search <same flags>.",
     )
-    add_flag_table(p, OVERRIDES, "SearchConfig", "quality_bn='running'")
+    add_flag_table(p, FLAGS, SearchConfig, "quality_bn='running'")
     p.add_argument("--list-spaces", action="store_true", help="print the search spaces and exit")
     p.add_argument("--validate-cost", type=int, nargs="?", const=30, default=None, metavar="N",
                    help="instead of searching: measure N (>= 30, default 30) random architectures of --space and "
@@ -68,10 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace, require_target: bool = True):
-    from ..nas import SearchConfig
-
-    given = flag_values(args, OVERRIDES, SearchConfig.__dataclass_fields__, "SearchConfig")
+def config_from_args(args: argparse.Namespace, require_target: bool = True) -> SearchConfig:
+    given = flag_values(args, FLAGS, SearchConfig)
     values = {k: v for k, v in given.items() if v is not None}
     if not require_target and "target" not in values and "target_model" not in values:
         values["target"] = 1.0  # --validate-cost needs no target
@@ -140,15 +134,5 @@ def run_validate_cost(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m mnv4.nas`` (for ``torchrun ... -m mnv4.nas``); errors as one line, like ``mnv4``."""
-    from ..errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m mnv4.nas", description="Architecture search (see mnv4 search).")
-    sub = parser.add_subparsers(dest="command")
-    register(sub)
-    args = parser.parse_args(["search", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run(args)
-    except UserError as err:
-        print(f"mnv4.nas: error: {err}", file=sys.stderr)
-        return 2
+    """Entry point of ``python -m mnv4.nas`` (for ``torchrun ... -m mnv4.nas``): ``mnv4 search ...``."""
+    return run_command("search", "mnv4.nas", argv)

@@ -5,67 +5,49 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_flag_table, flag_values
+from ..train.config import TrainConfig
+from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
 
-# flag -> (TrainConfig field, type, help); None type = boolean --flag/--no-flag
-OVERRIDES: list[tuple[str, str, object, str]] = [
-    ("--model", "model", str, "model name (mnv4 models); default: the recipe's"),
-    ("--data", "data", str, "ImageFolder root holding train/<class>/* and val/<class>/*"),
-    ("--out", "out", str, "output folder: checkpoints, CSV/TensorBoard logs, model.safetensors"),
-    ("--epochs", "epochs", float, "training epochs (the cosine schedule follows)"),
-    (
-        "--global-batch",
-        "global_batch",
-        int,
-        "optimiser batch of all processes (default: recipe's, or fitted to the data)",
-    ),
-    ("--batch-size", "batch_size", int, "images per process per forward; the rest is gradient accumulation"),
-    ("--max-steps", "max_steps", int, "stop after this many optimiser steps"),
-    ("--lr", "lr", float, "peak learning rate"),
-    ("--warmup-epochs", "warmup_epochs", float, "linear warm-up epochs (default: the recipe's, or min(1, epochs/10))"),
-    ("--grad-clip", "grad_clip", float, "clip the global gradient norm to this (default 1.0; 0 = off, as the paper)"),
-    ("--weight-decay", "weight_decay", float, "AdamW decoupled weight decay (not on BN/bias/layer scale)"),
-    ("--label-smoothing", "label_smoothing", float, "label smoothing"),
-    ("--dropout", "dropout", float, "dropout before the classifier"),
-    ("--drop-path", "drop_path", float, "peak stochastic-depth rate"),
-    ("--ema-decay", "ema_decay", float, "EMA decay (0 = off)"),
-    ("--image-size", "image_size", int, "training / validation resolution (default: the model's native one)"),
-    ("--randaug-layers", "randaug_layers", int, "RandAugment ops per image (0 = off)"),
-    ("--mixup-prob", "mixup_prob", float, "probability of Mixup/CutMix per batch"),
-    ("--pretrained", "pretrained", str, "start from pretrained weights: 'true' (default tag) or a weights file"),
-    ("--teacher", "teacher", str, "distil from a teacher: model name (pretrained) or a .safetensors / .pt file"),
-    ("--teacher-model", "teacher_model", str, "architecture of a teacher file that does not record it"),
-    ("--kd-temperature", "kd_temperature", float, "distillation temperature"),
-    ("--kd-alpha", "kd_alpha", float, "weight of the distillation term (1 - alpha for the labels)"),
-    ("--soft-labels", "soft_labels", str, "offline distillation: a file from --precompute-soft-labels"),
-    ("--qat", "qat", None, "quantization-aware training: fine-tune --pretrained weights with int8 fake-quant, "
-     "then write model_int8.pte (ExecuTorch) and model_int8.onnx (ONNX Runtime) to --out"),
-    ("--device", "device", str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("--precision", "precision", str, "fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler); default: bf16 on CUDA, "
-                                      "fp32 on the CPU"),
-    ("--data-pipeline", "data_pipeline", str, "'cpu' (PIL + workers), 'gpu' (torchvision nvJPEG decode + GPU crops) "
-                                              "or 'dali' (NVIDIA DALI: decode fused with the augmentations)"),
-    ("--dali-threads", "dali_threads", int, "data_pipeline 'dali': DALI's CPU threads per process"),
-    ("--workers", "workers", int, "data-loader worker processes per rank"),
-    ("--seed", "seed", int, "seed of data order, augmentation, dropout and init"),
-    ("--threads", "threads", int, "torch CPU threads"),
-    ("--resume", "resume", str, "a checkpoint file, or 'auto': the newest ckpt-*.pt in --out, a new run if none"),
-    ("--save-every-steps", "save_every_steps", int, "checkpoint every N steps as well as every epoch"),
-    ("--keep-last", "keep_last", int, "step checkpoints kept (best.pt is kept apart)"),
-    ("--log-every", "log_every", int, "steps between log rows"),
-    ("--channels-last", "channels_last", None, "channels_last memory format (default: on CUDA)"),
-    ("--compile", "compile", None, "torch.compile the model (default: on CUDA; --no-compile turns it off)"),
-    ("--sync-bn", "sync_bn", None, "SyncBatchNorm across processes (CUDA)"),
-    ("--deterministic", "deterministic", None, "torch.use_deterministic_algorithms(True)"),
-    ("--progress", "progress", None, "progress bar"),
-    ("--tensorboard", "tensorboard", None, "TensorBoard scalars next to the CSV logs"),
+FLAGS: list[Flag] = [
+    Flag("--model", "model", "model name (mnv4 models) or spec file; default: the recipe's"),
+    Flag("--data", "data", "ImageFolder root holding train/<class>/* and val/<class>/*"),
+    *run_flags("out", "epochs", "global_batch", "batch_size", "max_steps", "lr",
+               global_batch="optimiser batch of all processes (default: the recipe's, or fitted to the data)",
+               out="output folder: checkpoints, CSV/TensorBoard logs, model.safetensors (a new run refuses a folder "
+                   "that holds another run: --resume auto continues it)"),
+    *run_flags("warmup_epochs", "grad_clip", "weight_decay",
+               warmup_epochs="linear warm-up epochs (default: the recipe's, or min(1, epochs/10))",
+               grad_clip="clip the global gradient norm to this (default 1.0; 0 = off, as the paper)",
+               weight_decay="AdamW decoupled weight decay (not on BN/bias/layer scale)"),
+    Flag("--label-smoothing", "label_smoothing", "label smoothing"),
+    Flag("--dropout", "dropout", "dropout before the classifier"),
+    *run_flags("drop_path", "ema_decay", "image_size", "randaug_layers"),
+    Flag("--mixup-prob", "mixup_prob", "probability of Mixup/CutMix per batch"),
+    *run_flags("pretrained"),
+    Flag("--teacher", "teacher", "distil from a teacher: model name (pretrained) or a .safetensors / .pt file"),
+    Flag("--teacher-model", "teacher_model", "architecture of a teacher file that does not record it"),
+    Flag("--kd-temperature", "kd_temperature", "distillation temperature"),
+    Flag("--kd-alpha", "kd_alpha", "weight of the distillation term (1 - alpha for the labels)"),
+    *run_flags("soft_labels", soft_labels="offline distillation: a file from --precompute-soft-labels"),
+    Flag("--qat", "qat", "quantization-aware training: fine-tune --pretrained weights with int8 fake-quant, then "
+                         "write model_int8.pte (ExecuTorch) and model_int8.onnx (ONNX Runtime) to --out"),
+    *run_flags("device", "precision",
+               precision="fp32, bf16 or fp16 (autocast; fp16 uses a GradScaler); default: bf16 on CUDA, fp32 on the "
+                         "CPU"),
+    Flag("--data-pipeline", "data_pipeline", "'cpu' (PIL + workers), 'gpu' (torchvision nvJPEG decode + GPU crops) "
+                                             "or 'dali' (NVIDIA DALI: decode fused with the augmentations)"),
+    Flag("--dali-threads", "dali_threads", "data_pipeline 'dali': DALI's CPU threads per process"),
+    *run_flags("workers", "seed", "threads", "resume", "save_every_steps", "keep_last", "log_every"),
+    Flag("--channels-last", "channels_last", "channels_last memory format (default: on CUDA)"),
+    Flag("--compile", "compile", "torch.compile the model (default: on CUDA; --no-compile turns it off)"),
+    *run_flags("sync_bn", "deterministic", "progress", "tensorboard"),
 ]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="a shipped recipe name (see --list-recipes) or a .toml file")
     p.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
-    add_flag_table(p, OVERRIDES, "TrainConfig", "bn_momentum=0.003 --set hflip=false")
+    add_flag_table(p, FLAGS, TrainConfig, "bn_momentum=0.003 --set hflip=false")
     p.add_argument(
         "--precompute-soft-labels",
         metavar="FILE",
@@ -87,13 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace):
-    from ..train.config import FIELDS, load_config
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from ..train.config import load_config
 
-    overrides = flag_values(args, OVERRIDES, FIELDS, "TrainConfig")
-    if isinstance(overrides.get("pretrained"), str) and overrides["pretrained"].lower() in ("true", "false"):
-        overrides["pretrained"] = overrides["pretrained"].lower() == "true"
-    return load_config(args.recipe, **overrides)
+    return load_config(args.recipe, **flag_values(args, FLAGS, TrainConfig))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,15 +119,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m mnv4.train``. Bad input (``UserError``) is one line and exit code 2, like ``mnv4``;
-    anything else (a bug, CUDA out of memory) keeps its traceback."""
-    from ..errors import UserError
-
-    parser = argparse.ArgumentParser(prog="python -m mnv4.train", description="Train a MobileNetV4 (see mnv4 train).")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except UserError as err:
-        print(f"mnv4.train: error: {err}", file=sys.stderr)
-        return 2
+    """Entry point of ``python -m mnv4.train`` (and ``torchrun ... -m mnv4.train``): ``mnv4 train ...``."""
+    return run_command("train", "mnv4.train", argv)
