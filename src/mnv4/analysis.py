@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .blocks import MultiQueryAttention2d
+from .errors import UserError
 from .layers import BlurPool2d, make_divisible
 from .model import _round_width
 from .specs import MQA, UIB, Conv, ModelSpec, Row
@@ -318,3 +319,39 @@ def profile_spec(
         for record in part_profile(part)[0]:
             records.append(replace(record, name=f"{prefix}.{record.name}") if prefix else record)
     return records
+
+
+def memory_needed(spec: ModelSpec, input_size: int, num_classes: int = 1000) -> tuple[int, int]:
+    """(weight bytes, activation bytes) of ``MobileNetV4(spec)`` in fp32 for one ``input_size`` image, from the table
+    alone: the weights of every counted layer, and the largest input + output of any layer (what a forward pass holds
+    at its peak, at the least)."""
+    records = profile_spec(spec, input_size, num_classes=num_classes)
+    weights = sum(r.weight_elems for r in records)
+    peak = max(r.input_elems + r.output_elems for r in records)
+    return 4 * weights, 4 * peak
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation on this machine (Linux's MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(spec: ModelSpec, num_classes: int = 1000) -> None:
+    """Refuse, before anything is allocated, an architecture whose weights or whose forward pass on one image at its
+    own resolution would not fit in this machine's memory (a spec file with widths or a resolution off by orders of
+    magnitude would otherwise take the machine down, or fail deep in PyTorch)."""
+    free = available_memory()
+    if free is None:
+        return
+    weights, activations = memory_needed(spec, spec.resolution, num_classes)
+    for what, size in (("its weights", weights), (f"one {spec.resolution} px image's forward pass", activations)):
+        if size > free:
+            raise UserError(f"{spec.name} would need {size / 2**30:.1f} GiB for {what} alone (fp32); this machine has "
+                            f"{free / 2**30:.1f} GiB available -- check the spec's widths and resolution")

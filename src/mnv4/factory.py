@@ -6,6 +6,7 @@ import fnmatch
 import os
 from collections.abc import Sequence
 
+from .analysis import check_fits
 from .errors import UserError
 from .model import MobileNetV4
 from .specs import MODEL_SPECS, ModelSpec, closest_names, get_spec, is_spec_file  # noqa: F401 (re-exported)
@@ -84,6 +85,7 @@ def create_model(
             num_classes = tag.num_classes
         else:
             num_classes = 1000
+    check_fits(spec, num_classes)
     model = MobileNetV4(
         spec,
         num_classes=num_classes,

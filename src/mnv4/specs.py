@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -473,7 +474,10 @@ def spec_from_dict(data: dict, source: str = "spec") -> ModelSpec:
         rows_out.append(tuple(rows))
     values = {k: v for k, v in data.items() if k in known}
     values["stages"] = tuple(rows_out)
-    values["notes"] = tuple(values.get("notes", ()))
+    notes = values.get("notes", [])
+    if not isinstance(notes, (list, tuple)):
+        raise UserError(f"{source}: 'notes' must be a list of strings, got {notes!r}")
+    values["notes"] = tuple(notes)
     try:
         spec = ModelSpec(**values)
     except TypeError as err:
@@ -489,6 +493,11 @@ def _check(ok: bool, message: str) -> None:
 
 def _is_int(value: object, lo: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= lo
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float (bools are not numbers; NaN compares false, so ranges alone would let it through)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 SPEC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -512,11 +521,18 @@ def validate_spec(spec: ModelSpec, source: str | None = None) -> None:
     _check(spec.act in ("relu", "gelu"), f"{where}: 'act' must be 'relu' or 'gelu', got {spec.act!r}")
     _check(spec.aa in (None, "avg", "blurpc"), f"{where}: 'aa' must be null, 'avg' or 'blurpc', got {spec.aa!r}")
     _check(
-        spec.layer_scale is None or (isinstance(spec.layer_scale, (int, float)) and spec.layer_scale > 0),
-        f"{where}: 'layer_scale' must be null or a positive number, got {spec.layer_scale!r}",
+        spec.layer_scale is None or (_is_number(spec.layer_scale) and 0 < spec.layer_scale < math.inf),
+        f"{where}: 'layer_scale' must be null or a positive finite number, got {spec.layer_scale!r}",
     )
-    _check(isinstance(spec.width, (int, float)) and 0 < spec.width <= 4, f"{where}: 'width' must be in (0, 4]")
+    _check(_is_number(spec.width) and 0 < spec.width <= 4, f"{where}: 'width' must be in (0, 4]")
     _check(_is_int(spec.head_hidden), f"{where}: 'head_hidden' must be a positive int")
+    for name in ("description", "source"):
+        _check(isinstance(getattr(spec, name), str), f"{where}: {name!r} must be a string, got {getattr(spec, name)!r}")
+    _check(isinstance(spec.notes, tuple) and all(isinstance(n, str) for n in spec.notes),
+           f"{where}: 'notes' must be a list of strings, got {spec.notes!r}")
+    _check(spec.top1 is None or (_is_number(spec.top1) and 0 <= spec.top1 <= 100),
+           f"{where}: 'top1' must be null or a percentage, got {spec.top1!r}")
+    _check(isinstance(spec.extra, bool), f"{where}: 'extra' must be true or false, got {spec.extra!r}")
     reduction, width = 2, spec.stem
     for si, stage in enumerate(spec.stages):
         for ri, row in enumerate(stage):
@@ -527,7 +543,7 @@ def validate_spec(spec: ModelSpec, source: str | None = None) -> None:
                 _check(row.kernel in _KERNELS, f"{at}: kernel must be one of {_KERNELS}, got {row.kernel!r}")
             if isinstance(row, (FusedIB, UIB)):
                 _check(
-                    isinstance(row.expand, (int, float)) and not isinstance(row.expand, bool) and 0 < row.expand <= 16,
+                    _is_number(row.expand) and 0 < row.expand <= 16,
                     f"{at}: 'expand' must be a number in (0, 16], got {row.expand!r}",
                 )
             if isinstance(row, UIB):

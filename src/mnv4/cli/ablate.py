@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 
@@ -52,12 +51,12 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
+    from ..engine.outputs import check_output_file, write_json
     from ..nas.studies import run_study
 
     config = config_from_args(args)
-    if args.json is not None and args.json.is_dir():
-        raise UserError(f"--json {args.json} is a folder; give a file name")
+    if args.json is not None:  # before the measurements, not after them
+        check_output_file(args.json, "--json")
     results = []
     for key in config.studies:
         result = run_study(key, config, progress=True)
@@ -66,7 +65,6 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         print("quick run: 64 px, one timed run each -- a pipeline check, not a measurement")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=1) + "\n", encoding="utf-8")
+        write_json(args.json, [r.to_dict() for r in results])
         print(f"wrote {args.json}")
     return 0

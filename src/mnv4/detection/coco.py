@@ -258,11 +258,13 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     Indexed by ``(aug_epoch, index)`` like ``mnv4.data.ImageFolderDataset`` (so ``MicroBatchSampler`` drives it and
     a sample's augmentation is a function of ``(seed, aug_epoch, index)`` only: exact resume, any worker count).
     ``aug_epoch = -1`` (plain ``int`` index) means evaluation: no randomness. A file that cannot be decoded is
-    replaced by the next decodable one and reported in ``bad_files`` (the trainer logs each once).
+    reported in ``bad_files`` (the trainer logs each once) and replaced by the next decodable one -- or, with
+    ``replace_bad=False`` (evaluation), returned without an image, so that ``collate_detection`` leaves it out and no
+    image is scored against another's boxes.
     """
 
-    def __init__(self, coco: CocoData, transform, seed: int = 0):
-        self.coco, self.transform, self.seed = coco, transform, seed
+    def __init__(self, coco: CocoData, transform, seed: int = 0, replace_bad: bool = True):
+        self.coco, self.transform, self.seed, self.replace_bad = coco, transform, seed, replace_bad
 
     def __len__(self) -> int:
         return len(self.coco.images)
@@ -282,6 +284,8 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
                 image = load_rgb(record.path)
             except DecodeError as err:
                 bad.append((str(record.path), str(err)))
+                if not self.replace_bad:
+                    return None, {"image_id": record.id}, i, aug_epoch, tuple(bad)
                 continue
             target = targets_of(record)
             # the real decoded size: boxes were clipped to the file's stated size, the canvas must be the image's
@@ -299,6 +303,11 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
 
 
 def collate_detection(batch):
-    """Images and targets as lists (torchvision detectors take lists); indices; skipped files."""
-    images, targets, indices, _, bad = zip(*batch, strict=True)
-    return list(images), list(targets), list(indices), [entry for entries in bad for entry in entries]
+    """Images and targets as lists (torchvision detectors take lists); indices; skipped files. Samples without an
+    image (undecodable, in evaluation) are left out."""
+    bad = [entry for sample in batch for entry in sample[4]]
+    kept = [sample for sample in batch if sample[0] is not None]
+    if not kept:
+        return [], [], [], bad
+    images, targets, indices, _, _ = zip(*kept, strict=True)
+    return list(images), list(targets), list(indices), bad

@@ -96,6 +96,8 @@ def detect_images(model: nn.Module, loader, device: torch.device, bad_log=None) 
     for images, targets, _, bad in loader:
         if bad_log is not None:
             bad_log(bad)
+        if not images:  # every file of this batch was undecodable
+            continue
         outputs = model([im.to(device, non_blocking=True) for im in images])
         detections += [{k: v.cpu() for k, v in out.items()} for out in outputs]
         image_ids += [t["image_id"] for t in targets]
@@ -110,27 +112,31 @@ def evaluate_detector(
     workers: int = 0,
     world_size: int = 1,
     rank: int = 0,
+    bad_log=None,
 ) -> CocoMetrics | None:
     """COCO metrics of ``model`` on ``coco``. Under torchrun each rank runs its shard and rank 0 evaluates (the
-    others return None). An image file that cannot be decoded raises ``UserError`` naming it: training may stand in
-    the next image for it, but an evaluation would then score one image's detections against another's boxes."""
+    others return None). An image file that cannot be decoded is never stood in for by another (its detections
+    would be scored against another image's boxes): without ``bad_log`` it raises ``UserError`` naming it
+    (``mnv4 detect eval``); with one (training's validation) it is logged there, left out and the metrics are over
+    the images that were scored (``CocoMetrics.num_images``)."""
     from ..engine.seeds import ShardSampler
     from .augment import eval_transform
 
     device = torch.device(device)
-    dataset = CocoDetectionDataset(coco, eval_transform())
+    dataset = CocoDetectionDataset(coco, eval_transform(), replace_bad=False)
     sampler = ShardSampler(len(dataset), batch_size, world_size, rank)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          collate_fn=collate_detection)
-    detections, image_ids = detect_images(model, loader, device, bad_log=_fail_on_bad_file)
+    detections, image_ids = detect_images(model, loader, device, bad_log=bad_log or _fail_on_bad_file)
     results = coco_results(detections, image_ids, coco)
     if world_size > 1:
         gathered: list = [None] * world_size
-        torch.distributed.all_gather_object(gathered, results)
-        results = [r for part in gathered for r in part]
+        torch.distributed.all_gather_object(gathered, (results, image_ids))
+        results = [r for part, _ in gathered for r in part]
+        image_ids = [i for _, ids in gathered for i in ids]
     if rank != 0:
         return None
-    return coco_evaluate(coco, results)
+    return coco_evaluate(coco, results, image_ids)
 
 
 def _fail_on_bad_file(bad: list[tuple[str, str]]) -> None:

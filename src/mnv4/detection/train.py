@@ -123,6 +123,7 @@ class DetectionTask(Task):
         self.cfg, self.ctx, self.plan, self.spec, self.train_set, self.val_coco = cfg, ctx, plan, spec, train_set, \
             val_coco
         self.bad_log = BadFileLog("replaced undecodable training image")
+        self.val_bad = BadFileLog("skipped undecodable validation image")
 
     def micro_batches(self, state):
         cfg, ctx, plan = self.cfg, self.ctx, self.plan
@@ -154,8 +155,10 @@ class DetectionTask(Task):
         scheduled = cfg.eval_every and (state.epoch + 1) % cfg.eval_every == 0
         if self.val_coco is None or not (finished or scheduled):
             return {}, None
+        skipped_before = self.val_bad.count
         row: dict = {}
         score = self._coco_ap(state.model, "val", row)
+        row["val_skipped"] = self.val_bad.count - skipped_before
         if state.ema is not None and state.ema.n_averaged.item() > 0:
             score = max(score, self._coco_ap(state.ema.module, "ema", row))
         state.model.train()
@@ -164,7 +167,7 @@ class DetectionTask(Task):
     def _coco_ap(self, model: nn.Module, prefix: str, row: dict) -> float:
         ctx = self.ctx
         metrics = evaluate_detector(model, self.val_coco, ctx.device, self.plan.batch_size, self.cfg.workers,
-                                    ctx.world_size, ctx.rank)
+                                    ctx.world_size, ctx.rank, bad_log=self.val_bad)
         stats = torch.zeros(3, dtype=torch.float64, device=ctx.device)
         if metrics is not None:
             stats = torch.tensor([metrics["AP"], metrics["AP50"], metrics["AP75"]], dtype=torch.float64,

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..analysis import SpecPart, part_profile, spec_parts
+from ..engine.outputs import check_output_file
 from ..errors import UserError
 from ..layers import make_divisible
 from ..roofline import NAMED_PROFILES, bytes_per_element, check_ridge_point, spearman
@@ -176,6 +177,8 @@ class LatencyTableCost:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise UserError(f"threads must be a positive int, got {threads!r}")
         self.path = Path(path) if path is not None else default_table_path()
+        if measure_missing:  # the table is written when the first part is measured: check now, not then
+            check_output_file(self.path, "--latency-table")
         self.threads = threads or default_threads()
         self.in_chans, self.num_classes = in_chans, num_classes
         self.rounds, self.runs_per_round, self.warmup = rounds, runs_per_round, warmup

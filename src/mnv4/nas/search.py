@@ -270,9 +270,9 @@ class _Search:
 
     def __init__(self, cfg: SearchConfig, ctx: DistContext, cost):
         self.cfg, self.ctx = cfg, ctx
-        self.out = claim_run_folder(cfg.out, cfg.resume, is_main=ctx.is_main)  # before any work
         self.space = get_space(cfg.space)
-        self.cost = cost or make_cost(cfg, ctx.world_size)
+        self.cost = cost or make_cost(cfg, ctx.world_size)  # checks the latency table's path
+        self.out = claim_run_folder(cfg.out, cfg.resume, is_main=ctx.is_main)  # before any work
         self.resolution = cfg.resolution or self.space.resolution
         self.target = resolve_target(cfg, self.cost, self.resolution)
         self.start = fine_start(self.space, cfg) if cfg.stages == ("fine",) else self.space.largest()
