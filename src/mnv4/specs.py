@@ -372,7 +372,7 @@ HYBRID_LARGE = ModelSpec(
 # 512, the size segmenters are measured at here (TF gives none). Params and MACs by hand: docs/segmentation.md.
 CONV_MEDIUM_SEG = ModelSpec(
     name="mobilenetv4_conv_medium_seg",
-    description="Conv-M for segmentation",
+    description="Conv-M seg (TF)",
     source="TF Model Garden (no weights)",
     stem=32,
     resolution=512,
