@@ -125,6 +125,10 @@ def test_load_segmenter_refuses_what_it_cannot_rebuild(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
     with pytest.raises(UserError, match="has no segmenter description"):
         load_segmenter(tmp_path / "bare.safetensors")
+    spec = SegmenterSpec(backbone="mobilenetv4_conv_small", num_classes=3)
+    save_segmenter(create_segmenter(replace(spec, num_classes=4)), spec, tmp_path / "other.safetensors")
+    with pytest.raises(UserError, match="the weights do not fit the segmenter its metadata describes"):
+        load_segmenter(tmp_path / "other.safetensors")
 
 
 # ---------------------------------------------------------------------------------------------------- loss

@@ -6,6 +6,8 @@ to the same classifier), Mobile MQA keeps its K/V downsampling, and ConvMediumSe
 count by hand from TF's table.
 """
 
+import copy
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -13,11 +15,12 @@ from torch import nn
 
 import mnv4
 from mnv4.analysis import count_macs, count_params, profile_layers
+from mnv4.deploy import deploy
 from mnv4.errors import UserError
 from mnv4.layers import make_divisible
 from mnv4.model import row_geometry
 from mnv4.specs import CONV_MEDIUM_SEG, MODEL_SPECS
-from mnv4.testing import make_nondegenerate
+from mnv4.testing import make_nondegenerate, relative_error
 
 SIZE = (64, 96)  # non-square: an H/W mix-up shows
 
@@ -85,6 +88,9 @@ def test_dense_maps_and_an_unchanged_classifier_after_a_round_trip(name):
         for fmap, info in zip(maps, dense.feature_info, strict=True):
             assert fmap.shape[-2:] == tuple(-(-s // info.reduction) for s in SIZE), (output_stride, info)
         assert maps[-1].shape[-2:] == (SIZE[0] // output_stride, SIZE[1] // output_stride)
+        # BN folding (what every exporter starts from) keeps the dilation: exact in float64
+        dense64 = copy.deepcopy(dense).double()
+        assert relative_error(deploy(dense64)(x.double())[-1], dense64(x.double())[-1]) < 1e-10
         # the dense classifier's weights, back in an output-stride-32 model: the very same classifier
         dense_classifier = mnv4.create_model(name, output_stride=output_stride).eval()
         dense_classifier.load_state_dict(classifier.state_dict(), strict=True)

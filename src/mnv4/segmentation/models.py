@@ -247,5 +247,9 @@ def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
         raise UserError(f"{path}: the {SPEC_KEY!r} metadata is not JSON ({err})") from None
     spec = SegmenterSpec.from_dict(data, path)
     model = create_segmenter(spec)
-    model.load_state_dict(load_file(path))
+    try:
+        model.load_state_dict(load_file(path))
+    except RuntimeError as err:  # torch lists every key; the first line says what kind of mismatch it is
+        raise UserError(f"{path}: the weights do not fit the segmenter its metadata describes "
+                        f"({str(err).strip().splitlines()[0]})") from None
     return model.eval(), spec
