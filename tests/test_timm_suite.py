@@ -1,5 +1,6 @@
 """timm's model test suite, asked of mnv4: what timm's ``tests/test_models.py`` checks of every timm model, checked
-here on every mnv4 variant (12) and, for the configs, every tag (28), the way timm parametrises them.
+here on every mnv4 variant (13: timm's 12 and TF's ConvMediumSeg) and, for the configs, every tag (28), the way
+timm parametrises them.
 
 Forward (with gradient checkpointing giving the same output), backward (every parameter gets a gradient), default
 cfgs (pool size = the unpooled map, first conv and classifier in the state dict, every ``reset_classifier`` form and

@@ -23,10 +23,19 @@ class ConvBlock(nn.Module):
     """Plain conv + BN + act, no residual: the stem-like rows of Conv-S and the final 1x1 -> 960 layer (TF
     ``Conv2DBNBlock``, timm ``ConvBnAct``)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, act: str = "relu", aa: str | None = None):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel: int,
+        stride: int = 1,
+        act: str = "relu",
+        aa: str | None = None,
+        dilation: int = 1,
+    ):
         super().__init__()
         use_aa = aa is not None and stride > 1
-        self.conv = conv2d(in_ch, out_ch, kernel, 1 if use_aa else stride)
+        self.conv = conv2d(in_ch, out_ch, kernel, 1 if use_aa else stride, dilation=dilation)
         self.bn1 = BatchNormAct2d(out_ch, act)
         self.aa = make_downsample(aa, out_ch) if use_aa else nn.Identity()
 
@@ -39,7 +48,7 @@ class FusedIB(nn.Module):
 
     The residual exists only for stride 1 and in == out, which never happens in MNv4 (its FusedIB is strided), hence
     no drop path or layer scale here (paper §4; TF ``InvertedBottleneckBlock`` without depthwise, timm
-    ``EdgeResidual``).
+    ``EdgeResidual``). ``dilation``: the k x k conv's (a dense-prediction backbone, ``model.row_geometry``).
     """
 
     def __init__(
@@ -52,12 +61,13 @@ class FusedIB(nn.Module):
         act: str = "relu",
         aa: str | None = None,
         drop_path: float = 0.0,
+        dilation: int = 1,
     ):
         super().__init__()
         mid_ch = make_divisible(in_ch * expand)
         use_aa = aa is not None and stride > 1
         self.has_skip = stride == 1 and in_ch == out_ch
-        self.conv_exp = conv2d(in_ch, mid_ch, kernel, 1 if use_aa else stride)
+        self.conv_exp = conv2d(in_ch, mid_ch, kernel, 1 if use_aa else stride, dilation=dilation)
         self.bn1 = BatchNormAct2d(mid_ch, act)
         self.aa = make_downsample(aa, mid_ch) if use_aa else nn.Identity()
         self.conv_pwl = conv2d(mid_ch, out_ch, 1)
@@ -79,7 +89,8 @@ class UniversalInvertedBottleneck(nn.Module):
 
     ``start_dw`` / ``mid_dw`` are kernel sizes, 0 meaning "absent", which gives the four instantiations:
     ExtraDW (both), IB (middle only), ConvNext (start only) and FFN (neither). A strided block puts its stride on the
-    middle DW when there is one, else on the start DW (TF ``middle_dw_downsample=True``).
+    middle DW when there is one, else on the start DW (TF ``middle_dw_downsample=True``). ``dilation`` applies to
+    both DWs (TF ``dilation_rate``: a dense-prediction backbone, ``model.row_geometry``).
     """
 
     __jit_unused_properties__ = ["kind"]  # TorchScript compiles properties; this one is for Python callers only
@@ -96,6 +107,7 @@ class UniversalInvertedBottleneck(nn.Module):
         aa: str | None = None,
         layer_scale: float | None = None,
         drop_path: float = 0.0,
+        dilation: int = 1,
     ):
         super().__init__()
         if stride > 1 and not (start_dw or mid_dw):
@@ -104,12 +116,14 @@ class UniversalInvertedBottleneck(nn.Module):
         mid_ch = make_divisible(in_ch * expand)
         if start_dw:
             start_stride = 1 if mid_dw else stride
-            self.dw_start = ConvNormAct(in_ch, in_ch, start_dw, start_stride, groups=in_ch, act=None, aa=aa)
+            self.dw_start = ConvNormAct(
+                in_ch, in_ch, start_dw, start_stride, groups=in_ch, act=None, aa=aa, dilation=dilation
+            )
         else:
             self.dw_start = nn.Identity()
         self.pw_exp = ConvNormAct(in_ch, mid_ch, 1, act=act)
         if mid_dw:
-            self.dw_mid = ConvNormAct(mid_ch, mid_ch, mid_dw, stride, groups=mid_ch, act=act, aa=aa)
+            self.dw_mid = ConvNormAct(mid_ch, mid_ch, mid_dw, stride, groups=mid_ch, act=act, aa=aa, dilation=dilation)
         else:
             self.dw_mid = nn.Identity()
         self.pw_proj = ConvNormAct(mid_ch, out_ch, 1, act=None)

@@ -30,6 +30,7 @@ def create_model(
     use_ema: bool = True,
     global_pool: str = "avg",
     feature_cls: str | None = None,
+    output_stride: int = 32,
 ) -> MobileNetV4:
     """Build a MobileNetV4 variant by name (``mnv4.list_models()``), ``variant.tag`` (``mnv4.list_pretrained()``),
     spec file (``*.json``, e.g. from ``mnv4 search``) or ``ModelSpec``.
@@ -49,6 +50,10 @@ def create_model(
 
     ``global_pool``: ``'avg'`` (trained), ``'max'``, or ``''`` with ``num_classes=0``: the head runs unpooled and the
     model returns ``(B, 1280, H/32, W/32)`` (timm's behaviour for its MobileNetV3/V4 class).
+
+    ``output_stride``: 32 (the classifier), or 16 / 8 for a dense-prediction backbone: the later stages run
+    undownsampled with dilated convs (``mnv4.model.row_geometry``, TF Model Garden's rule); the weights are the same,
+    so ``pretrained`` works at any output stride (docs/segmentation.md).
 
     ``model.pretrained_cfg`` (also ``model.default_cfg``) holds the tag's config with timm's fields (``input_size``,
     ``pool_size``, ``mean``, ...; ``mnv4.data_config(model)`` reads it); without a tag, that of the variant's
@@ -97,6 +102,7 @@ def create_model(
         attn_impl=attn_impl,
         global_pool=global_pool,
         feature_cls=feature_cls,
+        output_stride=output_stride,
     )
     cfg = tag.to_cfg() if tag is not None else weights.default_cfg(spec)
     model.pretrained_cfg = weights.cfg_for_features(cfg) if features_only else cfg

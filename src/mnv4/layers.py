@@ -20,7 +20,7 @@ from torchvision.ops import StochasticDepth
 
 from .errors import UserError
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "relu6": nn.ReLU6, "gelu": nn.GELU}
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
@@ -39,6 +39,8 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
 def make_activation(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)  # TF Model Garden's default activation (its ConvMediumSeg table names none)
     if name == "gelu":
         return nn.GELU()  # exact (erf) GELU, as timm's Hybrid-L
     raise UserError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
@@ -107,16 +109,24 @@ def make_downsample(aa: str | None, channels: int) -> nn.Module:
     raise UserError(f"unknown anti-aliasing layer {aa!r}; expected 'avg' or 'blurpc'")
 
 
-def conv2d(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False) -> nn.Conv2d:
-    """A conv with symmetric 'same'-size padding ((k - 1) // 2 each side), as timm trains MNv4 (TF
-    Model Garden pads 'same', bottom/right on even inputs; timm's weights were trained with the symmetric form)."""
-    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=(kernel - 1) // 2, groups=groups, bias=bias)
+def conv2d(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False, dilation: int = 1
+) -> nn.Conv2d:
+    """A conv with symmetric 'same'-size padding ((k - 1) // 2 each side, times the dilation), as timm trains MNv4
+    (TF Model Garden pads 'same', bottom/right on even inputs; timm's weights were trained with the symmetric form).
+
+    ``dilation`` > 1 is the atrous conv of a dense-prediction backbone (``output_stride`` < 32); a 1x1 conv has no
+    taps to spread, so it keeps dilation 1 (as TF Model Garden does)."""
+    dilation = dilation if kernel > 1 else 1
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=dilation * (kernel - 1) // 2, dilation=dilation,
+                     groups=groups, bias=bias)
 
 
 class ConvNormAct(nn.Module):
     """conv (no bias) -> BN -> optional activation -> optional anti-aliasing downsample.
 
     With ``aa`` set and stride 2, the conv runs at stride 1 and the pool after the activation does the stride.
+    ``dilation``: the conv's (see ``conv2d``).
     """
 
     def __init__(
@@ -128,10 +138,11 @@ class ConvNormAct(nn.Module):
         groups: int = 1,
         act: str | None = "relu",
         aa: str | None = None,
+        dilation: int = 1,
     ):
         super().__init__()
         use_aa = aa is not None and stride > 1
-        self.conv = conv2d(in_ch, out_ch, kernel, 1 if use_aa else stride, groups)
+        self.conv = conv2d(in_ch, out_ch, kernel, 1 if use_aa else stride, groups, dilation=dilation)
         self.bn = BatchNormAct2d(out_ch, act)
         self.aa = make_downsample(aa, out_ch) if use_aa else nn.Identity()
 

@@ -35,6 +35,9 @@ from .specs import FusedIB as FusedIBRow
 GLOBAL_POOLS = ("avg", "max", "")
 # What a features_only model returns: a list of maps (timm's default) or an OrderedDict keyed by level ("0".."4").
 FEATURE_CLASSES = ("list", "dict")
+# Where the maps stop shrinking: 32 = the classifier; 16 and 8 = dense-prediction backbones (TF Model Garden's
+# MobileNet ``output_stride``; DeepLab's "fast" and "accurate" fully convolutional modes).
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 class FeatureLevel(dict):
@@ -145,23 +148,55 @@ def _round_width(channels: int, width: float) -> int:
     return channels if width == 1.0 else make_divisible(channels * width)
 
 
+def row_geometry(spec: ModelSpec, output_stride: int = 32) -> list[list[tuple[int, int]]]:
+    """``(stride, dilation)`` of every table row, stage by stage, when the maps stop shrinking at ``output_stride``.
+
+    TF Model Garden's MobileNet ``output_stride`` rule (``official/vision/modeling/backbones/mobilenet.py``), which
+    torchvision's ``dilated`` MobileNetV3 also follows: once the running stride (2 after the stem) has reached
+    ``output_stride``, a strided row runs at stride 1 and the dilation rate doubles for the rows after it. Each
+    de-strided row keeps the rate before it, except the first one, which already takes the doubled rate (TF: rate
+    2 for the whole first dilated stage; TF-slim and DeepLab's ResNets would give that row rate 1). So at output
+    stride 16 the /32 stage runs at dilation 2; at 8 the /16 stage runs at 2 and the /32 stage at 2 (its strided
+    row), then 4. The dilation goes to every k x k conv of a row (both depthwise convs of a UIB, as TF); 1x1 convs
+    and the Mobile MQA's K/V downsampling are left alone (docs/segmentation.md, "Mobile MQA at a smaller output
+    stride"). The weights do not change: every variant's state dict fits any output stride.
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise UserError(f"output_stride must be one of {OUTPUT_STRIDES} (32 = the classifier), got {output_stride!r}")
+    current, rate, geometry = 2, 1, []
+    for stage in spec.stages:
+        rows = []
+        for row in stage:
+            if current >= output_stride:
+                before, rate = rate, rate * row.stride
+                rows.append((1, before if before > 1 else rate))
+            else:
+                current *= row.stride
+                rows.append((row.stride, 1))
+        geometry.append(rows)
+    return geometry
+
+
 def _build_block(
-    row: Row, in_ch: int, spec: ModelSpec, drop_path: float, attn_impl: str
+    row: Row, in_ch: int, spec: ModelSpec, drop_path: float, attn_impl: str, stride: int, dilation: int
 ) -> tuple[nn.Module, int]:
+    """The block of ``row``, running at ``stride`` with ``dilation`` (``row_geometry``; the row's own stride in a
+    classifier)."""
     out_ch = _round_width(row.out, spec.width)
     if isinstance(row, Conv):
-        return ConvBlock(in_ch, out_ch, row.kernel, row.stride, spec.act, spec.aa), out_ch
+        return ConvBlock(in_ch, out_ch, row.kernel, stride, spec.act, spec.aa, dilation), out_ch
     if isinstance(row, FusedIBRow):
-        return FusedIB(in_ch, out_ch, row.kernel, row.stride, row.expand, spec.act, spec.aa, drop_path), out_ch
+        return FusedIB(in_ch, out_ch, row.kernel, stride, row.expand, spec.act, spec.aa, drop_path, dilation), out_ch
     if isinstance(row, UIB):
         block = UniversalInvertedBottleneck(
-            in_ch, out_ch, row.start_dw, row.mid_dw, row.stride, row.expand, spec.act, spec.aa, spec.layer_scale,
-            drop_path,
+            in_ch, out_ch, row.start_dw, row.mid_dw, stride, row.expand, spec.act, spec.aa, spec.layer_scale,
+            drop_path, dilation,
         )
         return block, out_ch
     if isinstance(row, MQA):
         if out_ch != in_ch:
             raise UserError(f"a Mobile MQA row must keep the width ({in_ch} -> {out_ch} in {spec.name})")
+        # kv_stride is kept at every output stride: see row_geometry
         block = MobileMQA(in_ch, row.heads, row.head_dim, row.kv_stride, 3, spec.layer_scale, drop_path, attn_impl)
         return block, out_ch
     raise TypeError(f"unknown row type {type(row).__name__}")
@@ -192,14 +227,17 @@ def _make_global_pool(pool_type: str) -> nn.Module:
     )
 
 
-def _levels_of(spec: ModelSpec, stem_ch: int, stage_channels: list[int]) -> list[FeatureLevel]:
-    """The 5 pyramid levels: the stem, then the end of every stage after which the next one downsamples, and the
-    last stage (timm's feature_info for these models)."""
+def _levels_of(
+    spec: ModelSpec, stem_ch: int, stage_channels: list[int], geometry: list[list[tuple[int, int]]]
+) -> list[FeatureLevel]:
+    """The 5 pyramid levels: the stem, then the end of every stage after which the next one downsamples in the
+    table, and the last stage (timm's feature_info for these models). ``reduction`` is the stride the map really
+    has (capped at the output stride, as timm reports it for a dilated model)."""
     levels = [FeatureLevel(0, 0, "bn1", stem_ch, 2)]
     reduction = 2
-    for stage_idx, stage_rows in enumerate(spec.stages):
-        for row in stage_rows:
-            reduction *= row.stride
+    for stage_idx, stage_geometry in enumerate(geometry):
+        for stride, _ in stage_geometry:
+            reduction *= stride
         last = stage_idx + 1 == len(spec.stages)
         if last or spec.stages[stage_idx + 1][0].stride > 1:
             levels.append(
@@ -255,6 +293,10 @@ class MobileNetV4(nn.Module):
         feature_cls: what a ``features_only`` model returns: ``"list"`` (default) or ``"dict"``, an ``OrderedDict``
             keyed by level number as a string (``"0"``..``"4"``), the form torchvision's detection necks take.
         attn_impl: ``"sdpa"`` or ``"math"`` for the Mobile MQA blocks (``set_attention_impl`` changes it later).
+        output_stride: 32 (the classifier), or 16 / 8 for dense prediction: the strided convs of the later stages
+            run at stride 1 and the convs after them are dilated (``row_geometry``), so the last map is H/16 or
+            H/8. Same parameters, same state dict: classification weights load unchanged. Mobile MQA blocks keep
+            their K/V downsampling (stride relative to the map they run on), so their attention grows with the map.
     """
 
     # TorchScript treats these as constants and compiles only the branches of forward that this model uses.
@@ -273,9 +315,11 @@ class MobileNetV4(nn.Module):
         attn_impl: str = "sdpa",
         global_pool: str = "avg",
         feature_cls: str | None = None,
+        output_stride: int = 32,
     ):
         super().__init__()
         _check_num_classes(num_classes)
+        geometry = row_geometry(spec, output_stride)
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
             raise UserError(f"in_chans must be a positive int, got {in_chans!r}")
         if attn_impl not in ATTENTION_IMPLS:
@@ -297,6 +341,7 @@ class MobileNetV4(nn.Module):
         self.features_only = bool(features_only)
         self.feature_dict = features_only and feature_cls == "dict"
         self.grad_checkpointing = False
+        self.output_stride = output_stride
         self.pretrained_cfg: dict = {}
 
         # Stem: the width multiplier leaves it alone (timm ``fix_stem`` when the multiplier is < 1).
@@ -306,10 +351,11 @@ class MobileNetV4(nn.Module):
 
         num_blocks = sum(len(stage) for stage in spec.stages)
         stages, stage_channels, in_ch, block_idx = [], [], stem_ch, 0
-        for stage_rows in spec.stages:
+        for stage_rows, stage_geometry in zip(spec.stages, geometry, strict=True):
             stage = []
-            for row in stage_rows:
-                block, in_ch = _build_block(row, in_ch, spec, drop_path_rate * block_idx / num_blocks, attn_impl)
+            for row, (stride, dilation) in zip(stage_rows, stage_geometry, strict=True):
+                rate = drop_path_rate * block_idx / num_blocks
+                block, in_ch = _build_block(row, in_ch, spec, rate, attn_impl, stride, dilation)
                 stage.append(block)
                 block_idx += 1
             stages.append(nn.Sequential(*stage))
@@ -317,7 +363,7 @@ class MobileNetV4(nn.Module):
         self.blocks = nn.Sequential(*stages)
         self.num_features = in_ch  # 960: channels of forward_features()
         self.head_hidden_size = spec.head_hidden  # 1280: pooled pre-logits width
-        self._levels = _levels_of(spec, stem_ch, stage_channels)
+        self._levels = _levels_of(spec, stem_ch, stage_channels, geometry)
 
         if features_only:
             self.out_indices = tuple(resolve_levels(out_indices, len(self._levels), "out_indices"))

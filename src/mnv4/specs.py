@@ -22,6 +22,10 @@ the tables follow the released models:
 - Parameter counts: the paper's Tab. 6 counts are 0.5-1.9 M lower than the released models for M/L; the released
   counts (3,774,024 / 9,715,512 / 32,590,864 / 11,074,648 / 37,764,624) are what this package reproduces
   (docs/design.md §1).
+
+One table is neither the paper's nor timm's: TF Model Garden's ``MobileNetV4ConvMediumSeg``, a Conv-M trimmed for
+dense prediction (``CONV_MEDIUM_SEG``; docs/segmentation.md). Any table runs as a dense-prediction backbone with
+``output_stride`` 16 or 8 (``mnv4.model.row_geometry``).
 """
 
 from __future__ import annotations
@@ -361,6 +365,54 @@ HYBRID_LARGE = ModelSpec(
     ),
 )
 
+# MNv4-Conv-M for dense prediction -- TF Model Garden ``MobileNetV4ConvMediumSeg``
+# (``_mnv4_conv_medium_seg_block_specs``, official/vision/modeling/backbones/mobilenet.py). Not in the paper or
+# timm; no released weights. Against Conv-M: the /16 stage drops its FFN (7 rows, not 8), the /32 stage keeps its
+# strided 256-wide UIB and then runs seven UIBs at 128 instead of ten at 256, and the last 1x1 conv is 448 wide
+# instead of 960 (TF endpoint "5"; the pooled 1x1 conv to 1280 follows as in every MNv4). TF's table names no
+# activation, so its blocks take the BlockSpec default, ReLU6 (Conv-M's table says 'relu'). Native resolution:
+# 512, the size segmenters are measured at here (TF gives none). Params and MACs by hand: docs/segmentation.md.
+CONV_MEDIUM_SEG = ModelSpec(
+    name="mobilenetv4_conv_medium_seg",
+    description="Conv-M seg (TF)",
+    source="TF Model Garden (no weights)",
+    stem=32,
+    resolution=512,
+    act="relu6",
+    extra=True,
+    stages=_stages(
+        [   # 256 px in (512 px input).  k exp out
+            FusedIB(3, 4, 48, stride=2),  # expanded 128
+        ],
+        [   # 128 px in.  K1 K2 exp out
+            UIB(3, 5, 4, 80, stride=2),  # ExtraDW  192
+            UIB(3, 3, 2, 80),            # ExtraDW  160
+        ],
+        [   # 64 px in.
+            UIB(3, 5, 6, 160, stride=2),  # ExtraDW  480
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 5, 4, 160),            # ExtraDW  640
+            UIB(3, 3, 4, 160),            # ExtraDW  640
+            UIB(3, 0, 4, 160),            # ConvNext 640
+            UIB(3, 0, 4, 160),            # ConvNext 640   (Conv-M: FFN e2, then this row)
+        ],
+        [   # 32 px in.
+            UIB(5, 5, 6, 256, stride=2),  # ExtraDW  960
+            UIB(5, 5, 4, 128),            # ExtraDW  1024  (256 in)
+            UIB(3, 5, 4, 128),            # ExtraDW  512
+            UIB(3, 5, 4, 128),            # ExtraDW  512
+            UIB(3, 0, 4, 128),            # ConvNext 512
+            UIB(3, 5, 2, 128),            # ExtraDW  256
+            UIB(5, 5, 4, 128),            # ExtraDW  512
+            UIB(5, 0, 2, 128),            # ConvNext 256
+        ],
+        [   # 16 px in.
+            Conv(1, 448),
+        ],
+    ),
+)
+
 PAPER_MODELS = (CONV_SMALL, CONV_MEDIUM, CONV_LARGE, HYBRID_MEDIUM, HYBRID_LARGE)
 
 # timm's released extras (docs/design.md §4): width multipliers (stem and 1280 head kept, MQA heads/dims not scaled) and
@@ -383,7 +435,10 @@ EXTRA_MODELS = (
             source="timm extra", top1=None, extra=True),
 )
 
-MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in PAPER_MODELS + EXTRA_MODELS}
+# Dense-prediction variants (TF Model Garden's): no timm counterpart, so no checkpoint, tag or timm parity test.
+DENSE_MODELS = (CONV_MEDIUM_SEG,)
+
+MODEL_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in PAPER_MODELS + EXTRA_MODELS + DENSE_MODELS}
 
 
 
@@ -518,7 +573,7 @@ def validate_spec(spec: ModelSpec, source: str | None = None) -> None:
     _check(isinstance(spec.name, str) and spec.name.strip() != "", f"{where}: 'name' must be a non-empty string")
     _check(_is_int(spec.stem), f"{where}: 'stem' must be a positive int, got {spec.stem!r}")
     _check(_is_int(spec.resolution, MIN_INPUT_SIZE), f"{where}: 'resolution' must be an int >= {MIN_INPUT_SIZE}")
-    _check(spec.act in ("relu", "gelu"), f"{where}: 'act' must be 'relu' or 'gelu', got {spec.act!r}")
+    _check(spec.act in ("relu", "relu6", "gelu"), f"{where}: 'act' must be 'relu', 'relu6' or 'gelu', got {spec.act!r}")
     _check(spec.aa in (None, "avg", "blurpc"), f"{where}: 'aa' must be null, 'avg' or 'blurpc', got {spec.aa!r}")
     _check(
         spec.layer_scale is None or (_is_number(spec.layer_scale) and 0 < spec.layer_scale < math.inf),

@@ -24,7 +24,7 @@ import torch
 
 from .errors import UserError
 from .specs import MIN_INPUT_SIZE, get_spec, is_spec_file
-from .weights import IMAGENET_MEAN, IMAGENET_STD, default_cfg, default_tag, split_name
+from .weights import IMAGENET_MEAN, IMAGENET_STD, default_cfg, split_name
 
 DEFAULT_CROP_PCT = 0.875  # timm's DEFAULT_CROP_PCT, the classic ImageNet crop
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
@@ -104,7 +104,7 @@ def data_config(
             cfg = default_cfg(get_spec(model_or_cfg))
         else:
             arch, tag = split_name(model_or_cfg)  # unknown names / tags: the closest ones in the error
-            cfg = (tag or default_tag(arch)).to_cfg()
+            cfg = tag.to_cfg() if tag else default_cfg(get_spec(arch))  # a variant with no tag: the MNv4 protocol
     elif isinstance(model_or_cfg, torch.nn.Module):
         cfg = dict(getattr(model_or_cfg, "pretrained_cfg", None) or {})
         in_chans = getattr(model_or_cfg, "in_chans", 3)

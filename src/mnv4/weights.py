@@ -179,8 +179,9 @@ def default_tag(arch: str) -> PretrainedTag:
 
 def default_cfg(spec: ModelSpec) -> dict:
     """The ``pretrained_cfg`` of a model without a tag: its variant's default tag (timm's choice for an
-    un-pretrained model) or, for a custom spec (``mnv4 search``), the MNv4 protocol at the spec's resolution."""
-    if MODEL_SPECS.get(spec.name) == spec:
+    un-pretrained model) or, for a custom spec (``mnv4 search``) or a variant with no tag (TF's ConvMediumSeg), the
+    MNv4 protocol at the spec's resolution."""
+    if MODEL_SPECS.get(spec.name) == spec and any(t.arch == spec.name for t in TAGS):
         return default_tag(spec.name).to_cfg()
     protocol = PretrainedTag(spec.name, "", 1000, spec.resolution, 0.95, None, None, *IN, released=False)
     return {**protocol.to_cfg(), "tag": None, "license": None}
