@@ -380,7 +380,7 @@ class EvalTransform:
 class SegmentationDataset(torch.utils.data.Dataset):
     """Samples of a ``MaskFolder`` or ``CocoMasks``: ``(image, mask, index, aug_epoch, bad_files)``.
 
-    Keyed by ``(aug_epoch, index)`` (``mnv4.train.data.MicroBatchSampler`` drives it); the augmentation of a sample is
+    Keyed by ``(aug_epoch, index)`` (``mnv4.engine.MicroBatchSampler`` drives it); the augmentation of a sample is
     seeded by ``(seed, aug_epoch, index)`` alone. A plain ``int`` key (``aug_epoch = -1``) means evaluation: no
     randomness. ``transform(image, mask)`` takes ``tv_tensors.Image`` (uint8) and ``tv_tensors.Mask`` (int64).
     An image that cannot be decoded is replaced by the next decodable one and reported in ``bad_files``
@@ -398,7 +398,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         from torchvision import tv_tensors
         from torchvision.transforms.v2.functional import pil_to_tensor
 
-        from ..train.data import AUG_STREAM, mix_seed
+        from ..engine.seeds import AUG_STREAM, mix_seed
 
         aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
         bad: list[tuple[str, str]] = []
