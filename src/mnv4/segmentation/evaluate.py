@@ -57,8 +57,8 @@ def evaluate_segmenter(
 
     Under torchrun each rank scores its shard and the counts are summed over ranks, so every rank returns the
     metrics of the whole data set. An image that cannot be decoded raises its ``DecodeError`` naming the file."""
-    from ..errors import UserError
     from ..engine.seeds import ShardSampler
+    from ..errors import UserError
 
     if (data.num_classes, data.ignore_index) != (spec.num_classes, spec.ignore_index):
         raise UserError(f"{data.source} has {data.num_classes} classes and ignore index {data.ignore_index}, the "
