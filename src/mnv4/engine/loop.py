@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import atomic_save, checkpoint_name, prune_checkpoints
 from .config import RunConfig
 from .device import wrap_for_training
-from .distributed import DistContext, all_reduce_gradients, barrier
+from .distributed import DistContext, all_reduce_gradients, barrier, main_process_first
 from .guard import NonFiniteGuard
 from .metrics import MetricLog
 from .optim import Optimization
@@ -133,8 +133,8 @@ class Engine:
         self.task.load_extras(ckpt)
         note = None
         if self.task.score_key is not None:
-            note = reconcile_best(self.state, self.task.score_key, self.out, path, may_write=self.ctx.is_main)
-        barrier(self.ctx)  # rank 0 may have repaired best.pt
+            with main_process_first(self.ctx):  # rank 0 repairs best.pt first; the others then read what it wrote
+                note = reconcile_best(self.state, self.task.score_key, self.out, path, may_write=self.ctx.is_main)
         if self.ctx.is_main:
             s = self.state
             log.info("resumed from %s at epoch %d, step %d (global step %d)", path, s.epoch, s.step_in_epoch,
