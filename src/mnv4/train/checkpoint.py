@@ -16,6 +16,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     and host, so ``remove_stale_temp_files`` can tell a killed writer's leftover from a live writer's file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -56,11 +57,20 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return path
 
 
+def temp_path(path: str | Path) -> Path:
+    """The temporary name this process writes ``path`` under before moving it into place: ``.<name>.tmp-<pid>@<host>``
+    in the same folder (so the move is one rename on one file system), recognised by ``remove_stale_temp_files``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}")
+
+
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     """Delete the temporary files that killed ``atomic_save`` calls left in ``folder``; returns them.
 
     A file is stale when its writer was on this host and that process no longer exists (or is this process, which
-    is not writing yet). Files of live processes and of other hosts (a shared file system) are left alone.
+    is not writing yet). Files of live processes and of other hosts (a shared file system) are left alone. A folder
+    with a ``temp_path`` name (a staging folder, ``mnv4.export.pipeline``) is removed as a whole under the same rule;
+    only the ``@<host>`` form is taken for a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -68,12 +78,18 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     host, removed = socket.gethostname(), []
     for path in folder.iterdir():
         match = TEMP_PATTERN.match(path.name)
-        if not match or not path.is_file():
+        is_folder = path.is_dir() and not path.is_symlink()
+        if not match or not (path.is_file() or is_folder):
             continue
         pid, writer_host = int(match.group(1)), match.group(2)
-        if writer_host not in (None, host) or (pid != os.getpid() and _process_exists(pid)):
+        if writer_host not in (None, host) or (is_folder and writer_host is None):
             continue
-        path.unlink(missing_ok=True)
+        if pid != os.getpid() and _process_exists(pid):
+            continue
+        if is_folder:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed.append(path)
     return removed
 
