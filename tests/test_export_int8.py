@@ -192,17 +192,35 @@ def test_executorch_int8_within_one_point(digits_model, tmp_path):
     assert os.path.getsize(report.path) < 0.35 * 4 * sum(p.numel() for p in model.parameters())
 
 
+def _conv_weights(path) -> list:
+    """The quantized weight tensors that feed the ONNX file's convolutions."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    inits = {t.name: t for t in proto.graph.initializer}
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    return [inits[n.input[0]] for n in proto.graph.node
+            if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights and n.input[0] in inits]
+
+
+def _dtype(tensor) -> str:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor).dtype.name
+
+
 def test_qat_files_compute_the_converted_graph(digits_model, tmp_path):
     """``train_qat`` (what `mnv4 train --qat` runs): fake-quant fine-tuning through the training loop, then the
-    converted int8 graph as an ExecuTorch file (its int8 arithmetic, in XNNPACK) and an ONNX file (7-bit weights
-    for ONNX Runtime's x86 kernels), plus the fine-tuned fp32 weights."""
+    converted int8 graph as an ExecuTorch file (its int8 arithmetic, in XNNPACK) and an ONNX file (u8 tensors, as
+    post-training quantization writes them for ONNX Runtime's x86 kernels), plus the fine-tuned fp32 weights."""
     pytest.importorskip("executorch", reason="needs the executorch extra: pip install 'mnv4[executorch]'")
     pytest.importorskip("onnxscript", reason="the QDQ ONNX export needs onnxscript (mnv4[onnx])")
     from safetensors.torch import save_file
 
     from mnv4.export.executorch import ExecuTorchRunner, delegated_ops
     from mnv4.export.onnx import onnx_session, run_session
-    from mnv4.export.qat import train_qat
+    from mnv4.export.qat import export_qdq_onnx, train_qat
+    from mnv4.export.quantize import OrtQuantSettings
     from mnv4.train import TrainConfig
 
     model, root = digits_model
@@ -223,11 +241,17 @@ def test_qat_files_compute_the_converted_graph(digits_model, tmp_path):
     et = ExecuTorchRunner(result.files.executorch)(x.numpy())[0]
     ort = run_session(onnx_session(result.files.onnx), x.numpy())[0]
     ort_reference = run_session(onnx_session(result.files.onnx, optimize=False), x.numpy())[0]  # unfused kernels
+    as_trained = export_qdq_onnx(result.converted, x[:1], tmp_path / "s8.onnx", OrtQuantSettings(weights="s8",
+                                                                                                 activations="s8"))
+    s8_reference = run_session(onnx_session(as_trained, optimize=False), x.numpy())[0]
     print(f"SQNR ET {sqnr_db(et, graph):.1f}, ORT ref {sqnr_db(ort_reference, graph):.1f}, "
           f"ORT fused vs ref {sqnr_db(ort, ort_reference):.1f} dB")
     assert sqnr_db(et, graph) > 25  # XNNPACK computes the converted graph's int8 arithmetic
-    assert sqnr_db(ort_reference, graph) > 15  # the same graph, its conv weights re-rounded to 7 bits
-    assert sqnr_db(ort, ort_reference) > 25  # ORT's fused x86 kernels: no 16-bit saturation with 7-bit weights
+    # ORT gets the graph's s8 tensors as u8 (the U8U8 kernels of PTQ files): the same values, exactly
+    assert {_dtype(t) for t in _conv_weights(result.files.onnx)} == {"uint8"}
+    np.testing.assert_array_equal(ort_reference, s8_reference)
+    assert sqnr_db(ort_reference, graph) > 15  # ORT's reference kernels round like the converted graph
+    assert sqnr_db(ort, ort_reference) > 25  # ORT's fused x86 kernels: no 16-bit saturation with u8 weights
     acc_graph = _top1(lambda a: result.converted(torch.from_numpy(a)).detach().numpy(), model, root / "val")
     assert acc_graph >= _top1_torch(model, root / "val") - 0.02  # a few QAT steps keep the trained accuracy
     tuned = mnv4.create_model("mobilenetv4_conv_small", pretrained=result.float_weights).eval()
