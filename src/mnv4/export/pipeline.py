@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -133,11 +132,11 @@ def check_output_path(out: Path, fmt: ExportFormat) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"--out {out}: {parent} is a file, not a folder")
+    probe = temp_path(parent / out.name)  # a kill right here leaves a name the next start removes
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".mnv4-write-test-")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     except OSError as err:
         raise UserError(f"--out {out}: cannot write in {parent} ({err.strerror or err})") from None
-    os.close(fd)
     os.unlink(probe)
 
 
