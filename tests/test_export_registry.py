@@ -281,3 +281,23 @@ def test_qat_onnx_to_u8_is_exact(tmp_path):
     to_u8(weights_only, activations=False)
     types = {t.name: numpy_helper.to_array(t).dtype.name for t in weights_only.graph.initializer}
     assert types["x_zero"] == "int8" and types["w1"] == types["w2"] == "uint8"
+
+
+def test_only_host_named_staging_folders_are_removed(monkeypatch, tmp_path):
+    """A folder is removed only in the ``temp_path`` form (pid and host) of a dead process of this host: an older
+    host-less name could be someone's folder, so it stays, as do folders of live processes."""
+    from mnv4.train.checkpoint import remove_stale_temp_files
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getpid", lambda: ended.pid)
+        dead = temp_path(tmp_path / "a.onnx")
+        patch.setattr(os, "getpid", os.getppid)
+        live = temp_path(tmp_path / "b.onnx")
+    hostless = tmp_path / f".c.onnx.tmp-{ended.pid}"  # the name atomic_save used before it added the host
+    for folder in (dead, live, hostless):
+        folder.mkdir()
+        (folder / "part").write_bytes(b"x")
+    assert remove_stale_temp_files(tmp_path) == [dead]
+    assert _listing(tmp_path) == sorted([live.name, hostless.name])
