@@ -164,7 +164,8 @@ def test_staging_folders_of_killed_exports_are_removed_at_the_next_start(monkeyp
         live = temp_path(tmp_path / "other.onnx")
     live.mkdir()
 
-    assert run_export(model, ExportConfig(format=None, out=tmp_path / "next.ts", input_size=SIZE)).ok
+    result = run_export(model, ExportConfig(format=None, out=tmp_path / "next.ts", input_size=SIZE))
+    assert result.ok and f"removed {stale}, left by a killed run" in result.notes
     assert _listing(tmp_path) == sorted([live.name, "next.ts"])
 
 

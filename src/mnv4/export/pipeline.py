@@ -166,8 +166,7 @@ def run_export(model: nn.Module, cfg: ExportConfig, kind: ModelKind | None = Non
     comparison = kind.comparison(model, fmt, size, cfg)  # its inputs are read before the slow part
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out.parent)
-    notes: list[str] = []
+    notes = [f"removed {path}, left by a killed run" for path in remove_stale_temp_files(out.parent)]
     with staging_folder(out) as stage:
         partial, work = stage / out.name, stage / "work"
         work.mkdir()
