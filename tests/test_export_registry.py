@@ -195,6 +195,7 @@ def test_cli_format_flags_one_line(tmp_path, capsys, extra, message):
     assert _listing(tmp_path) == ["calib"]
 
 
+@pytest.mark.slow  # two int8 exports: about a minute on 2 busy cores
 def test_cli_ort_int8_weights_picks_the_kernels(tmp_path, capsys):
     """Default: 8-bit u8 weights (ORT's U8U8 kernels); s8-7bit: s8 weights within 7 bits (U8S8)."""
     onnx = pytest.importorskip("onnx", reason="needs the onnx extra")
