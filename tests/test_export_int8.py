@@ -203,6 +203,17 @@ def _conv_weights(path) -> list:
             if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights and n.input[0] in inits]
 
 
+def _quantized_tensors(path) -> list:
+    """Every tensor a QuantizeLinear / DequantizeLinear takes from an initializer or a Constant op."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    tensors = {t.name: t for t in proto.graph.initializer}
+    tensors.update({n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"})
+    return [tensors[i] for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+            for i in n.input if i in tensors]
+
+
 def _dtype(tensor) -> str:
     from onnx import numpy_helper
 
@@ -219,8 +230,7 @@ def test_qat_files_compute_the_converted_graph(digits_model, tmp_path):
 
     from mnv4.export.executorch import ExecuTorchRunner, delegated_ops
     from mnv4.export.onnx import onnx_session, run_session
-    from mnv4.export.qat import export_qdq_onnx, train_qat
-    from mnv4.export.quantize import OrtQuantSettings
+    from mnv4.export.qat import train_qat
     from mnv4.train import TrainConfig
 
     model, root = digits_model
@@ -241,17 +251,19 @@ def test_qat_files_compute_the_converted_graph(digits_model, tmp_path):
     et = ExecuTorchRunner(result.files.executorch)(x.numpy())[0]
     ort = run_session(onnx_session(result.files.onnx), x.numpy())[0]
     ort_reference = run_session(onnx_session(result.files.onnx, optimize=False), x.numpy())[0]  # unfused kernels
-    as_trained = export_qdq_onnx(result.converted, x[:1], tmp_path / "s8.onnx", OrtQuantSettings(weights="s8",
-                                                                                                 activations="s8"))
-    s8_reference = run_session(onnx_session(as_trained, optimize=False), x.numpy())[0]
     print(f"SQNR ET {sqnr_db(et, graph):.1f}, ORT ref {sqnr_db(ort_reference, graph):.1f}, "
           f"ORT fused vs ref {sqnr_db(ort, ort_reference):.1f} dB")
-    assert sqnr_db(et, graph) > 25  # XNNPACK computes the converted graph's int8 arithmetic
-    # ORT gets the graph's s8 tensors as u8 (the U8U8 kernels of PTQ files): the same values, exactly
+    # Fused int8 kernels (XNNPACK; ORT's QLinearConv) requantize between ops where the converted graph and ORT's
+    # reference kernels dequantize to float: measured 23.8 dB for both on an AMD EPYC with AVX512-VNNI (the bound
+    # was 25 when measured on an AVX2 EPYC; main fails it on this one). 16-bit saturation gives < 10 dB.
+    assert sqnr_db(et, graph) > 20  # XNNPACK computes the converted graph's int8 arithmetic
+    # ORT gets the graph's s8 tensors shifted to u8 (exact, test_export_registry.py), as PTQ files have them: the
+    # U8U8 kernels, no 7-bit re-rounding. Measured: ORT reference vs the graph 41.0 dB; 16.3 dB with the 7-bit
+    # weights written before.
     assert {_dtype(t) for t in _conv_weights(result.files.onnx)} == {"uint8"}
-    np.testing.assert_array_equal(ort_reference, s8_reference)
-    assert sqnr_db(ort_reference, graph) > 15  # ORT's reference kernels round like the converted graph
-    assert sqnr_db(ort, ort_reference) > 25  # ORT's fused x86 kernels: no 16-bit saturation with u8 weights
+    assert "int8" not in {_dtype(t) for t in _quantized_tensors(result.files.onnx)}
+    assert sqnr_db(ort_reference, graph) > 30  # ORT's reference kernels compute the converted graph
+    assert sqnr_db(ort, ort_reference) > 20  # ORT's fused x86 kernels: no 16-bit saturation with u8 weights
     acc_graph = _top1(lambda a: result.converted(torch.from_numpy(a)).detach().numpy(), model, root / "val")
     assert acc_graph >= _top1_torch(model, root / "val") - 0.02  # a few QAT steps keep the trained accuracy
     tuned = mnv4.create_model("mobilenetv4_conv_small", pretrained=result.float_weights).eval()
