@@ -8,7 +8,7 @@ project's CPU-sized real data set. The run:
    Runtime QDQ (u8 weights, the default; 7-bit s8, the fast one; 8-bit s8, to show the x86 saturation), LiteRT,
    ExecuTorch;
 3. quantization-aware training (QAT, ``mnv4.export.qat.train_qat`` = ``mnv4 train --qat``): a short fine-tune of the
-   fp32 weights with fake-quant, converted and exported to ExecuTorch and ONNX (7-bit weights; and 8-bit);
+   fp32 weights with fake-quant, converted and exported to ExecuTorch and ONNX (u8, the default; 7-bit s8; 8-bit s8);
 4. for every file: top-1 on the held-out images, top-1 agreement with fp32 and the logit SQNR (the int8 check of
    ``mnv4 export``), and a deliberately miscalibrated file (ranges from inputs 8x too small) as the failing case
    that the check's thresholds must catch.
@@ -149,11 +149,13 @@ def run(work: Path, args) -> list[dict]:
     et_qat = ExecuTorchRunner(qat.files.executorch)
     measure("ExecuTorch QAT", lambda x: et_qat(x)[0], "QAT")
     s_qat = onnx_session(qat.files.onnx)
-    measure("ORT QAT (7-bit weights)", lambda x: run_session(s_qat, x)[0], "QAT")
-    # the converted graph once more, exported with its trained 8-bit weights (what saturates on x86 without VNNI)
-    eight = export_qdq_onnx(qat.converted, torch.zeros(1, 3, *SIZE), work / "qat8.onnx", weight_bits=8)
-    s_qat8 = onnx_session(eight)
-    measure("ORT QAT (8-bit weights)", lambda x: run_session(s_qat8, x)[0], "QAT")
+    measure("ORT QAT (default, u8 weights)", lambda x: run_session(s_qat, x)[0], "QAT")
+    # the converted graph once more with ORT's other kernels: 7-bit s8 weights (the fast U8S8 ones), and the trained
+    # 8-bit s8 weights as they are (what saturates on x86 without VNNI)
+    for name, settings in (("7-bit s8 weights, FAST_ORT_INT8", FAST_ORT_INT8),
+                           ("8-bit s8 weights", OrtQuantSettings(weights="s8"))):
+        other = onnx_session(export_qdq_onnx(qat.converted, torch.zeros(1, 3, *SIZE), work / "qat_s8.onnx", settings))
+        measure(f"ORT QAT ({name})", lambda x, s=other: run_session(s, x)[0], "QAT")
     return rows
 
 

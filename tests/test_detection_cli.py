@@ -111,3 +111,120 @@ def test_a_real_process_prints_no_traceback(detector_file, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("mnv4 detect: error:") and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def detecting_file(tmp_path_factory):
+    """A random RetinaNet whose classification bias is 0: every anchor scores about 0.5, so any picture gives
+    detections to compare."""
+    torch.manual_seed(0)
+    spec = DetectorSpec("retinanet", "mobilenetv4_conv_small", 3, 64, 16,
+                        [{"id": 3, "name": "three"}, {"id": 8, "name": "eight"}])
+    model = create_detector(spec)
+    torch.nn.init.zeros_(model.head.classification_head.tower.predictor.pointwise.bias)  # prior 0.5, not 0.01
+    return save_detector(model, spec, tmp_path_factory.mktemp("detecting") / "model.safetensors")
+
+
+def _picture(path):
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (72, 88, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _export(weights, *extra) -> list[str]:
+    return ["detect", "export", "--weights", str(weights), *map(str, extra)]
+
+
+def _one_line(err: str, message: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnv4 detect: error: ") and message in lines[0], err
+
+
+def test_export_refuses_before_any_work(detector_file, tmp_path, capsys):
+    """A .pte (ExecuTorch cannot hold torchvision's NMS), a suffix that does not match --format or names no format,
+    --out in the way or under a file, an unreadable --verify-images: one line each, exit 2, before the export
+    starts (it prints its first line only once the checks passed), nothing written."""
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    taken = tmp_path / "taken.onnx"
+    taken.mkdir()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    cases = [
+        (["--out", tmp_path / "d.pte"], "ExecuTorch (.pte) cannot write a detector"),
+        (["--format", "executorch", "--out", tmp_path / "d.pte"], "use --format onnx"),
+        (["--out", tmp_path / "d.tflite"], "LiteRT (.tflite) cannot write a detector"),
+        (["--format", "onnx", "--out", tmp_path / "d.pte"], "--out for --format onnx must end in .onnx"),
+        (["--out", tmp_path / "d"], "cannot tell the format from its suffix"),
+        (["--out", taken], "exists and is a folder"),
+        (["--out", blocker / "sub" / "d.onnx"], "is a file, not a folder"),
+        (["--out", tmp_path / "d.onnx", "--verify-images", broken], "broken.png"),
+    ]
+    for extra, message in cases:
+        assert main(_export(detector_file, *extra)) == 2, extra
+        captured = capsys.readouterr()
+        _one_line(captured.err, message)
+        assert captured.out == "", extra
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "broken.png", "taken.onnx"]
+    assert list(taken.iterdir()) == [] and blocker.read_text() == "a file"
+
+
+def test_export_checks_before_it_moves_into_place(detecting_file, tmp_path, capsys):
+    """A file that fails its check (--tolerance 0: ONNX Runtime's boxes differ from PyTorch's by float rounding) is
+    not written and the old one stays; one that passes replaces it; missing parent folders are created."""
+    pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra")
+    from mnv4.detection.export import graph_op_types
+
+    picture = _picture(tmp_path / "street.png")
+    out = tmp_path / "out" / "d.onnx"
+    out.parent.mkdir()
+    out.write_bytes(b"the good file from before")
+    assert main(_export(detecting_file, "--out", out, "--verify-images", picture, "--tolerance", "0")) == 1
+    captured = capsys.readouterr()
+    assert "ONNX check FAILED" in captured.out and "tolerance 0e+00" in captured.out
+    _one_line(captured.err, f"nothing was written to {out}")
+    assert out.read_bytes() == b"the good file from before" and [p.name for p in out.parent.iterdir()] == ["d.onnx"]
+
+    assert main(_export(detecting_file, "--out", out, "--verify-images", picture)) == 0
+    captured = capsys.readouterr()
+    assert "ONNX check OK: the same detections as PyTorch (count and labels) on 1 images" in captured.out
+    assert "NMS inside the graph: yes" in captured.out and captured.err == ""
+    assert [p.name for p in out.parent.iterdir()] == ["d.onnx"] and "NonMaxSuppression" in graph_op_types(out)
+
+    fresh = tmp_path / "new" / "sub" / "d.onnx"
+    assert main(_export(detecting_file, "--out", fresh)) == 0  # no pictures: written, and said to be unchecked
+    assert "not verified: pass --verify-images" in capsys.readouterr().err
+    assert [p.name for p in fresh.parent.iterdir()] == ["d.onnx"]
+
+
+def test_same_detections_fails_on_a_different_count_or_labels(detecting_file):
+    """The detector's comparison: fewer detections or other labels than PyTorch fail the check with the image
+    named; equal ones pass; pictures without any detection cannot be compared (one clear error)."""
+    from mnv4.detection import load_detector
+    from mnv4.detection.export import DetectorForExport, SameDetections
+    from mnv4.errors import UserError
+
+    model, _ = load_detector(detecting_file)
+    images = [torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+
+    def runner(detector):
+        wrapper = DetectorForExport(detector)
+        return lambda x: [t.detach().numpy() for t in wrapper(torch.from_numpy(x))]
+
+    pytorch = runner(model)
+    assert SameDetections(images)(model, pytorch, "Test", "d").ok
+    fewer = SameDetections(images)(model, lambda x: [o[:-1] for o in pytorch(x)], "Test", "d")
+    assert not fewer.ok and "Test check FAILED: image 0:" in fewer.summary()
+    relabelled = SameDetections(images)(model, lambda x: [*pytorch(x)[:2], 3 - pytorch(x)[2]], "Test", "d")
+    assert not relabelled.ok and "labels" in relabelled.summary()
+    with pytest.raises(RuntimeError, match="does not reproduce"):
+        relabelled.raise_if_failed()
+    quiet, _ = load_detector(detecting_file, score_thresh=1.0)
+    with pytest.raises(UserError, match="none of the 2 images gave a detection"):
+        SameDetections(images)(quiet, runner(quiet), "Test", "d")

@@ -10,6 +10,7 @@ import sys
 
 from ..detection.config import DetectConfig
 from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
+from .export import add_format_args
 
 TRAIN_FLAGS: list[Flag] = [
     Flag("--arch", "arch", "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
@@ -74,13 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: %(default)s)")
     r.set_defaults(func=run_predict)
 
-    x = detect_sub.add_parser("export", help="export a detector to ONNX (NMS inside) and verify it in ONNX Runtime")
+    x = detect_sub.add_parser(
+        "export", help="export a detector to ONNX (NMS inside), checked against PyTorch before it is written",
+        description="Write the whole detector (resize, normalisation, network, box decoding, NMS) to --out, through "
+        "the pipeline of mnv4 export: the format from --format or --out's suffix, --out checked before any work, "
+        "the file written under a temporary name and moved into place only after its check passes (a file that "
+        "fails it is not written, exit 1). Only ONNX can hold the post-processing (docs/detection.md).")
     add_weights_arg(x)
-    x.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: %(default)s)")
-    x.add_argument("--out", required=True, help="output .onnx file")
+    add_format_args(x, out_help="output file (.onnx)")
     x.add_argument("--verify-images", nargs="+", metavar="IMAGE", default=None,
-                   help="images to compare ONNX Runtime with PyTorch on (default: no comparison, a warning)")
+                   help="images to compare the exported file with PyTorch on (default: no comparison, a warning)")
     x.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
+    x.add_argument("--tolerance", type=float, default=None,
+                   help="max relative difference of boxes and scores accepted (default 1e-3)")
     x.set_defaults(func=run_export)
 
     m = detect_sub.add_parser("models", help="params and MACs of the detectors next to the paper's Tab. 7")
@@ -178,21 +185,33 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..detection import export_detector_onnx, load_detector, verify_detector_onnx
+    from ..detection import load_detector
     from ..detection.augment import eval_transform
-    from ..detection.export import graph_op_types
+    from ..detection.export import Detector, graph_op_types
+    from ..export.pipeline import ExportConfig, run_export
     from ..images import load_image
+    from ._common import check_input_file
 
+    check_input_file(args.weights, "--weights")
+    images = [eval_transform()(load_image(p)) for p in args.verify_images or []]  # unreadable: one line, no work
+    cfg = ExportConfig(format=args.format, out=args.out, opset=args.opset, tolerance=args.tolerance)
+    cfg = cfg.validate(Detector(images))
     model, spec = load_detector(args.weights)
-    path = export_detector_onnx(model, args.out, spec.size, args.opset)
-    nms = "NonMaxSuppression" in graph_op_types(path)
-    print(f"wrote {path} (input image (1,3,H,W) in [0,1]; outputs boxes/scores/labels; NMS inside the graph: "
+    print(f"exporting {spec.arch} / {spec.backbone} (traced at {spec.size} px) to {cfg.format} -> {cfg.out}",
+          flush=True)
+    result = run_export(model, cfg, Detector(images, spec.size))
+    for note in result.notes:
+        print(note)
+    if result.check is not None:
+        print(result.check.summary())
+    if not result.ok:
+        print(f"mnv4 detect: error: {result.check.summary()}; nothing was written to {cfg.out}", file=sys.stderr)
+        return 1
+    nms = "NonMaxSuppression" in graph_op_types(result.path)
+    print(f"wrote {result.path} (input image (1,3,H,W) in [0,1]; outputs boxes/scores/labels; NMS inside the graph: "
           f"{'yes' if nms else 'no'})")
-    if args.verify_images:
-        images = [eval_transform()(load_image(p)) for p in args.verify_images]
-        print(verify_detector_onnx(model, path, images).raise_if_failed().summary())
-    else:
-        print("not verified: pass --verify-images with a few pictures to compare ONNX Runtime with PyTorch",
+    if result.check is None:
+        print("not verified: pass --verify-images with a few pictures to compare the exported file with PyTorch",
               file=sys.stderr)
     return 0
 

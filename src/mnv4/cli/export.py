@@ -7,10 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..export import SUFFIXES
+from ..export.quantize import ORT_INT8_WEIGHTS
+from ..export.registry import FORMATS
 from ._common import add_weights_args, check_input_file, load_model
-
-FORMATS = tuple(SUFFIXES)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Without --weights the tag's released weights are exported (from the Hugging Face hub cache).",
     )
     p.add_argument("model", help="variant or variant.tag (see `mnv4 models`)")
-    p.add_argument("--format", choices=FORMATS, required=True,
-                   help="onnx, tflite (LiteRT), coreml (.mlpackage), executorch (.pte, XNNPACK) or aoti "
-                   "(AOTInductor .pt2 package, CPU)")
-    p.add_argument("--out", type=Path, required=True, help="output file (" + " / ".join(SUFFIXES.values()) + ")")
+    add_format_args(p)
     add_weights_args(p, random_weights=True)
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the weights')")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="input size (default native)")
@@ -43,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX: symbolic height/width (batch is always dynamic)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript", help="ONNX exporter")
+    p.add_argument("--ort-int8-weights", choices=tuple(ORT_INT8_WEIGHTS), default=None,
+                   help="ONNX --int8: the weights ONNX Runtime's int8 kernels take. u8 (default): 8-bit u8 weights "
+                   "(U8U8 kernels), accurate on every CPU, x86 without VNNI (AVX2, AVX-512 without VNNI) included; "
+                   "s8-7bit: 7-bit s8 weights (U8S8 kernels), ~30%% faster on x86 without VNNI for ~1-3 points of "
+                   "top-1 (docs/deploy.md, \"ONNX Runtime int8\")")
     p.add_argument("--tolerance", type=float, default=None,
                    help="fp32/fp16: max relative difference accepted (default 1e-3 fp32, 3e-2 fp16)")
     p.add_argument("--min-agreement", type=float, default=None,
@@ -52,20 +53,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_format_args(p: argparse.ArgumentParser, out_help: str | None = None) -> None:
+    """--format and --out, from the format registry (``mnv4 export`` and ``mnv4 detect export``)."""
+    names = ", ".join(f"{fmt.name} ({fmt.label}, {fmt.suffix})" for fmt in FORMATS.values())
+    suffixes = " / ".join(fmt.suffix for fmt in FORMATS.values())
+    p.add_argument("--format", choices=tuple(FORMATS), default=None,
+                   help=f"{names}; default: the format --out's suffix names")
+    p.add_argument("--out", type=Path, required=True, help=out_help or f"output file ({suffixes})")
+
+
 def precision_from_args(args: argparse.Namespace) -> str:
-    """--int8 / --fp16 / --fp32 -> one precision; Core ML defaults to fp16 (what the Neural Engine runs)."""
+    """--int8 / --fp16 / --fp32 -> one precision; without one, the format's default (Core ML: fp16, what the Neural
+    Engine runs)."""
+    from ..errors import UserError
+    from ..export.registry import export_format
+
+    fmt = export_format(args.format, args.out)
     chosen = [flag for flag in ("int8", "fp16", "fp32") if getattr(args, flag)]
     if len(chosen) > 1:
-        from ..errors import UserError
-
         raise UserError(f"choose one of --{' and --'.join(chosen)}")
-    if args.fp32 and args.format != "coreml":
-        from ..errors import UserError
-
-        raise UserError("--fp32 only applies to --format coreml (the other formats are fp32 by default)")
-    if chosen:
-        return chosen[0]
-    return "fp16" if args.format == "coreml" else "fp32"
+    if args.fp32 and fmt.default_precision == "fp32":
+        takers = " / ".join(f.name for f in FORMATS.values() if f.default_precision != "fp32")
+        raise UserError(f"--fp32 only applies to --format {takers} (the other formats are fp32 by default)")
+    return chosen[0] if chosen else fmt.default_precision
 
 
 def config_from_args(args: argparse.Namespace):
@@ -79,7 +89,8 @@ def config_from_args(args: argparse.Namespace):
     return ExportConfig(
         format=args.format, out=args.out, input_size=tuple(args.size) if args.size else None,
         precision=precision_from_args(args), calib=args.calib, calib_images=args.calib_images, eval_dir=args.eval,
-        opset=args.opset, dynamic_hw=args.dynamic_hw, exporter=args.exporter, tolerance=args.tolerance,
+        opset=args.opset, dynamic_hw=args.dynamic_hw, exporter=args.exporter,
+        ort_int8_weights=args.ort_int8_weights, tolerance=args.tolerance,
         min_agreement=args.min_agreement, min_sqnr_db=args.min_sqnr, enforce_int8_check=not args.random_weights,
     ).validate()
 
@@ -91,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
     model = load_model(args, **kwargs).eval()
     size = cfg.input_size or (model.spec.resolution, model.spec.resolution)
-    what = f"{args.format} {cfg.precision}"
+    what = f"{cfg.format} {cfg.precision}"
     print(f"exporting {model.spec.name} at {size[0]}x{size[1]} to {what} -> {cfg.out}", flush=True)
     result = run_export(model, cfg)
     for note in result.notes:

@@ -84,7 +84,9 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the temporary files that killed writers left in ``folder``; returns them.
 
     A file is stale when its writer was on this host and that process no longer exists (or is this process, which
-    is not writing yet). Files of live processes and of other hosts (a shared file system) are left alone.
+    is not writing yet). Files of live processes and of other hosts (a shared file system) are left alone. A folder
+    with a ``temp_path`` name (a staging folder: an ``.mlpackage``, ``mnv4.export.pipeline``'s staged files) is removed
+    as a whole under the same rule; only the ``@<host>`` form is taken for a folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -92,12 +94,15 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
     host, removed = socket.gethostname(), []
     for path in folder.iterdir():
         match = TEMP_PATTERN.match(path.name)
-        if not match:
+        is_folder = path.is_dir() and not path.is_symlink()
+        if not match or not (path.is_file() or is_folder):
             continue
         pid, writer_host = int(match.group(1)), match.group(2)
-        if writer_host not in (None, host) or (pid != os.getpid() and _process_exists(pid)):
+        if writer_host not in (None, host) or (is_folder and writer_host is None):
             continue
-        if path.is_dir():
+        if pid != os.getpid() and _process_exists(pid):
+            continue
+        if is_folder:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

@@ -14,8 +14,11 @@ missing toolkit gives one line naming the ``pip install`` command (``MissingExtr
   (``export_litert_int8``), ExecuTorch (``export_executorch_int8``);
 - ``mnv4.export.qat``: quantization-aware training with the ExecuTorch quantizer (``mnv4 train --qat``);
 - ``mnv4.export.verify``: the checks (fp32: relative error; int8: top-1 agreement and SQNR);
-- ``mnv4.export.pipeline``: ``ExportConfig`` / ``run_export``, what ``mnv4 export`` runs (write, check, move into
-  place);
+- ``mnv4.export.format`` / ``mnv4.export.registry``: one ``ExportFormat`` object per format (suffix, precisions,
+  writer, runner), listed in ``FORMATS``; ``mnv4.export.kind``: what is exported (a classifier; detectors in
+  ``mnv4.detection.export``) and how the file is compared with PyTorch;
+- ``mnv4.export.pipeline``: ``ExportConfig`` / ``run_export``, what ``mnv4 export`` and ``mnv4 detect export`` run
+  (write, check, move into place);
 - ``mnv4.export.data``: calibration / evaluation images from a folder.
 """
 
@@ -29,10 +32,6 @@ from ..errors import UserError
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "onnxslim": "onnx",
           "litert_torch": "tflite", "ai_edge_litert": "tflite", "ai_edge_quantizer": "tflite",
           "coremltools": "coreml", "executorch": "executorch", "torchao": "executorch"}
-
-# Output suffix of each format ``mnv4 export`` writes (a .mlpackage is a folder).
-SUFFIXES = {"onnx": ".onnx", "tflite": ".tflite", "coreml": ".mlpackage", "executorch": ".pte", "aoti": ".pt2"}
-
 
 class MissingExtraError(UserError):
     """An optional toolkit is not installed; the message names the pip command (a user-fixable error)."""
@@ -54,4 +53,4 @@ def require(module: str) -> ModuleType:
         ) from None
 
 
-__all__ = ["EXTRAS", "SUFFIXES", "MissingExtraError", "require"]
+__all__ = ["EXTRAS", "MissingExtraError", "require"]

@@ -12,6 +12,7 @@ needs a C++ compiler.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import shutil
 import warnings
@@ -22,7 +23,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .prepare import deployed_for_export
+from .format import Exportable, ExportFormat, Runner
+from .prepare import classifier_exportable
 from .verify import FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 # freezing: constant-fold the weights into the compiled kernels (the documented AOTInductor setting for inference).
@@ -59,10 +61,15 @@ def export_aoti(
     for float32 input of shape ``(batch_size, C, H, W)`` (channels_last in memory; ``AOTIRunner`` converts)."""
     if Path(path).suffix != ".pt2":
         raise UserError(f"an AOTInductor package is a .pt2 file; got {path}")
-    net = deployed_for_export(model).to(memory_format=torch.channels_last)
     size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
-    sample = torch.zeros(batch_size, net.in_chans, *size).contiguous(memory_format=torch.channels_last)
-    return compile_aoti(net, sample, path)
+    return write_aoti(classifier_exportable(model, size), path, batch_size=batch_size)
+
+
+def write_aoti(exportable: Exportable, path: str | Path, *, batch_size: int = 1) -> Path:
+    """Compile ``exportable`` (a channels_last copy of its module) for ``batch_size`` inputs into ``path``."""
+    net = copy.deepcopy(exportable.module).to(memory_format=torch.channels_last)
+    sample = exportable.sample.expand(batch_size, *exportable.sample.shape[1:])
+    return compile_aoti(net, sample.contiguous(memory_format=torch.channels_last), path)
 
 
 class AOTIRunner:
@@ -100,3 +107,16 @@ def verify_aoti(
     size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
     inputs = random_inputs(size, [1] * num_inputs, model.in_chans, seed)
     return compare(model, runner, inputs, "AOTInductor", str(path), tolerance)
+
+
+class AOTIFormat(ExportFormat):
+    """AOTInductor ``.pt2`` package for the CPU (needs a C++ compiler), loaded back with ``aoti_load_package``."""
+
+    name, label, suffix = "aoti", "AOTInductor", ".pt2"
+
+    def write(self, exportable, path, cfg, calibration, work) -> str | None:
+        write_aoti(exportable, path)
+        return None
+
+    def runner(self, path: Path) -> Runner:
+        return AOTIRunner(path)

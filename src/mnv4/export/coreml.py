@@ -26,7 +26,8 @@ from torch import nn
 
 from ..errors import UserError
 from . import require
-from .prepare import deployed_for_export
+from .format import Exportable, ExportFormat, Runner
+from .prepare import classifier_exportable
 from .verify import FP16_TOLERANCE, FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 INPUT_NAME = "input"
@@ -45,28 +46,37 @@ def export_coreml(
     ``fp16=True`` (Core ML's default and what the Neural Engine runs) stores weights and computes in fp16;
     ``fp16=False`` keeps fp32 end to end.
     """
+    if Path(path).suffix != ".mlpackage":
+        raise UserError(f"a Core ML ML Program is saved as a .mlpackage directory; got {path}")
+    size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
+    exportable = classifier_exportable(model, size, classifier_for="Core ML")
+    return write_coreml(exportable, path, fp16=fp16, minimum_deployment_target=minimum_deployment_target)
+
+
+def write_coreml(
+    exportable: Exportable, path: str | Path, *, fp16: bool = True, minimum_deployment_target: str = "iOS16"
+) -> Path:
+    """``exportable`` as an ML Program ``.mlpackage`` (batch 1), fp16 or fp32 compute precision."""
     ct = require("coremltools")
     path = Path(path)
     if path.suffix != ".mlpackage":
         raise UserError(f"a Core ML ML Program is saved as a .mlpackage directory; got {path}")
-    net = deployed_for_export(model, classifier_for="Core ML")
-    size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
-    sample = torch.zeros(1, net.in_chans, *size)
+    sample = exportable.sample
     quiet = contextlib.redirect_stderr(io.StringIO())  # coremltools' progress bars
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), quiet, torch.no_grad():
         warnings.simplefilter("ignore")
         # torch.export rather than jit.trace: the traced MQA reshapes cast shape tensors to int, which coremltools'
         # TorchScript frontend cannot convert; the ExportedProgram carries static sizes.
-        program = torch.export.export(net, (sample,)).run_decompositions({})
+        program = torch.export.export(exportable.module, (sample,)).run_decompositions({})
         mlmodel = ct.convert(
             program,
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(sample.shape), dtype=np.float32)],
-            outputs=[ct.TensorType(name="logits" if net.num_classes else "pre_logits")],
+            inputs=[ct.TensorType(name=exportable.input_name, shape=tuple(sample.shape), dtype=np.float32)],
+            outputs=[ct.TensorType(name=name) for name in exportable.output_names],
             convert_to="mlprogram",
             compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
             minimum_deployment_target=getattr(ct.target, minimum_deployment_target),
         )
-    mlmodel.short_description = f"mnv4 {net.spec.name} ({'fp16' if fp16 else 'fp32'}, BN folded)"
+    mlmodel.short_description = f"{exportable.description} ({'fp16' if fp16 else 'fp32'})".lstrip()
     path.parent.mkdir(parents=True, exist_ok=True)
     mlmodel.save(str(path))
     return path
@@ -130,17 +140,56 @@ def can_run_coreml() -> bool:
     return platform.system() == "Darwin"
 
 
-def verify_coreml(model: nn.Module, path: str | Path, *, fp16: bool = True, num_inputs: int = 2) -> ExportCheck:
+class CoreMLRunner:
+    """Runs an ``.mlpackage`` in Core ML (macOS only); call with an NCHW float32 array of the file's input shape."""
+
+    def __init__(self, path: str | Path):
+        ct = require("coremltools")
+        if not can_run_coreml():
+            raise RuntimeError("Core ML predictions need macOS; on this OS use inspect_coreml() for a structural check")
+        self.mlmodel = ct.models.MLModel(str(path))
+        description = self.mlmodel.get_spec().description
+        self.input_name = description.input[0].name
+        self.input_shape = tuple(int(s) for s in description.input[0].type.multiArrayType.shape)
+        self.output_names = [o.name for o in description.output]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        out = self.mlmodel.predict({self.input_name: np.asarray(x, dtype=np.float32)})
+        return [np.asarray(out[name]) for name in self.output_names]
+
+
+def verify_coreml(
+    model: nn.Module, path: str | Path, *, fp16: bool = True, num_inputs: int = 2, tolerance: float | None = None
+) -> ExportCheck:
     """Compare Core ML predictions with PyTorch (macOS only; elsewhere raise with what to do instead)."""
-    ct = require("coremltools")
-    if not can_run_coreml():
-        raise RuntimeError("Core ML predictions need macOS; on this OS use inspect_coreml() for a structural check")
-    mlmodel = ct.models.MLModel(str(path))
-    shape = list(mlmodel.get_spec().description.input[0].type.multiArrayType.shape)
+    runner = CoreMLRunner(path)
+    shape = runner.input_shape
     inputs = random_inputs((shape[2], shape[3]), [1] * num_inputs, shape[1])
+    tol = tolerance if tolerance is not None else (FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
+    return compare(model, runner, inputs, "Core ML", str(path), tol)
 
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        out = mlmodel.predict({INPUT_NAME: x})
-        return [np.asarray(v) for v in out.values()]
 
-    return compare(model, run, inputs, "Core ML", str(path), FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
+class CoreMLFormat(ExportFormat):
+    """Core ML ML Program (``.mlpackage``, a folder): fp16 (default) or fp32 compute. Off macOS the file cannot be
+    run, so its check is structural (``inspect_coreml``)."""
+
+    name, label, suffix = "coreml", "Core ML", ".mlpackage"
+    precisions = ("fp32", "fp16")
+    default_precision = "fp16"  # what the Neural Engine runs
+    folder = True
+
+    def write(self, exportable, path, cfg, calibration, work) -> str | None:
+        write_coreml(exportable, path, fp16=cfg.precision == "fp16")
+        return None
+
+    def inspect(self, path: Path) -> list[str]:
+        summary = inspect_coreml(path)
+        if summary.unknown_ops:
+            raise RuntimeError(f"the Core ML program uses ops outside the ML Program op set: {summary.unknown_ops}")
+        notes = [summary.summary()]
+        if not can_run_coreml():
+            notes.append("note: Core ML predictions need macOS; structural check only on this OS")
+        return notes
+
+    def runner(self, path: Path) -> Runner | None:
+        return CoreMLRunner(path) if can_run_coreml() else None

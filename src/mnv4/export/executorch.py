@@ -26,7 +26,8 @@ from torch import nn
 
 from ..errors import UserError
 from . import require
-from .prepare import deployed_for_export
+from .format import ExportFormat, Runner
+from .prepare import classifier_exportable
 from .verify import FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 XNNPACK_BACKEND = "XnnpackBackend"
@@ -96,9 +97,9 @@ def lower_to_executorch(module: nn.Module, sample: tuple[torch.Tensor, ...], pat
 
 def export_executorch(model: nn.Module, path: str | Path, *, input_size: tuple[int, int] | None = None) -> Path:
     """Export a ``MobileNetV4`` classifier to an fp32 ``.pte`` (XNNPACK, batch 1, float32 NCHW input)."""
-    net = deployed_for_export(model, classifier_for="ExecuTorch")
     size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
-    return lower_to_executorch(net, (torch.zeros(1, net.in_chans, *size),), path)
+    exportable = classifier_exportable(model, size, classifier_for="ExecuTorch")
+    return lower_to_executorch(exportable.module, (exportable.sample,), path)
 
 
 def set_threads(threads: int) -> None:
@@ -181,3 +182,21 @@ def verify_executorch(
     _, chans, h, w = runner.input_shape
     inputs = random_inputs((h, w), [1] * num_inputs, chans, seed)
     return compare(model, runner, inputs, "ExecuTorch", str(path), tolerance)
+
+
+class ExecuTorchFormat(ExportFormat):
+    """ExecuTorch ``.pte`` with the XNNPACK delegate, run in ExecuTorch's Python runtime: fp32 or int8 (PT2E)."""
+
+    name, label, suffix = "executorch", "ExecuTorch", ".pte"
+    precisions = ("fp32", "int8")
+
+    def write(self, exportable, path, cfg, calibration, work) -> str | None:
+        if cfg.precision == "int8":
+            from .quantize import executorch_int8
+
+            return executorch_int8(exportable, path, calibration).summary()
+        lower_to_executorch(exportable.module, (exportable.sample,), path)
+        return None
+
+    def runner(self, path: Path) -> Runner:
+        return ExecuTorchRunner(path)

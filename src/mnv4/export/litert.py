@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from . import require
-from .prepare import deployed_for_export
+from .format import Exportable, ExportFormat, Runner
+from .prepare import classifier_exportable
 from .verify import FP16_TOLERANCE, FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 
@@ -61,15 +62,18 @@ def export_litert(
 
     ``fp16=True`` stores the weights in fp16 (half the file size).
     """
-    require("ai_edge_litert")
-    net = deployed_for_export(model, classifier_for="LiteRT")
     size = tuple(input_size or (model.spec.resolution, model.spec.resolution))
-    sample = (torch.zeros(1, net.in_chans, *size),)
-    path = Path(path)
+    return write_litert(classifier_exportable(model, size, classifier_for="LiteRT"), path, fp16=fp16)
+
+
+def write_litert(exportable: Exportable, path: str | Path, *, fp16: bool = False) -> Path:
+    """``exportable`` as a ``.tflite`` file (batch 1), fp32 or with fp16 weights."""
+    require("ai_edge_litert")
+    sample, path = (exportable.sample,), Path(path)
     if not fp16:
-        return convert_quiet(net, sample, path)
+        return convert_quiet(exportable.module, sample, path)
     with tempfile.TemporaryDirectory() as tmp:
-        fp32 = convert_quiet(net, sample, Path(tmp) / "fp32.tflite")
+        fp32 = convert_quiet(exportable.module, sample, Path(tmp) / "fp32.tflite")
         return cast_weights_fp16(fp32, path)
 
 
@@ -144,3 +148,21 @@ def verify_litert(
     check = compare(model, runner, inputs, "LiteRT fp16" if fp16 else "LiteRT", str(path), tol)
     check.input_kind = "given inputs" if given else check.input_kind
     return check
+
+
+class LiteRTFormat(ExportFormat):
+    """LiteRT (TFLite) flatbuffer, run in the ai-edge-litert interpreter: fp32, fp16 weights, or int8 (PT2E)."""
+
+    name, label, suffix = "tflite", "LiteRT", ".tflite"
+    precisions = ("fp32", "fp16", "int8")
+
+    def write(self, exportable, path, cfg, calibration, work) -> str | None:
+        if cfg.precision == "int8":
+            from .quantize import litert_int8
+
+            return litert_int8(exportable, path, calibration).summary()
+        write_litert(exportable, path, fp16=cfg.precision == "fp16")
+        return None
+
+    def runner(self, path: Path) -> Runner:
+        return LiteRTRunner(path)

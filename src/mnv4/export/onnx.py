@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..model import MobileNetV4
 from ..specs import MIN_INPUT_SIZE
 from . import require
-from .prepare import deployed_for_export
+from .format import Exportable, ExportFormat, Runner
+from .prepare import deployed_for_export, output_names
 from .verify import FP32_TOLERANCE, ExportCheck, compare, random_inputs
 
 MIN_OPSET = 17
@@ -57,12 +58,6 @@ def check_input_size(size) -> tuple[int, int]:
     if len(size) != 2 or not all(isinstance(s, int) and s >= MIN_INPUT_SIZE for s in size):
         raise UserError(f"input size must be two ints (H, W) >= {MIN_INPUT_SIZE}, got {size!r}")
     return tuple(size)
-
-
-def output_names(model: MobileNetV4) -> list[str]:
-    if model.features_only:
-        return [f"features_{i}" for i in model.out_indices]
-    return ["logits" if model.num_classes else "pre_logits"]
 
 
 def export_onnx(
@@ -96,7 +91,7 @@ def export_onnx(
     res = input_size or (model.spec.resolution, model.spec.resolution)
     cfg = OnnxExportConfig(tuple(res), opset, dynamic_batch, dynamic_hw, simplify, exporter, attn_impl)
     net = deployed_for_export(model, attn_impl=cfg.attn_impl)
-    doc = f"mnv4 {net.spec.name} ({cfg.exporter} exporter, opset {cfg.opset}, BN folded)"
+    doc = f"mnv4 {net.spec.name} (BN folded)"
     return export_module_onnx(net, path, cfg, output_names(net), in_chans=net.in_chans, doc=doc)
 
 
@@ -104,37 +99,52 @@ def export_module_onnx(
     module: nn.Module, path: str | Path, cfg: OnnxExportConfig, outputs: list[str], in_chans: int = 3, doc: str = ""
 ) -> Path:
     """Export any eval-mode image module with ``cfg``'s settings (also used to export timm's model the same way)."""
+    exportable = Exportable(module, torch.zeros(1, in_chans, *cfg.input_size), tuple(outputs), description=doc,
+                            dynamic_batch=cfg.dynamic_batch, dynamic_hw=cfg.dynamic_hw, simplify=cfg.simplify)
+    return write_onnx(exportable, path, opset=cfg.opset, exporter=cfg.exporter)
+
+
+def write_onnx(exportable: Exportable, path: str | Path, *, opset: int = 18, exporter: str = "torchscript") -> Path:
+    """Write ``exportable`` as an ONNX file: ``torch.onnx.export`` -> onnxslim (when ``exportable.simplify``) ->
+    ``onnx.checker``. Its ``dynamic_*`` fields and ``output_axes`` make dimensions symbolic."""
+    if opset < MIN_OPSET:
+        raise UserError(f"opset must be >= {MIN_OPSET} (LayerNorm-free, but we rely on opset-17 semantics)")
+    if exporter not in EXPORTERS:
+        raise UserError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     onnx = require("onnx")
     require("onnxruntime")  # for verification; fail before the slow part
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(1, in_chans, *cfg.input_size)
+    module, x, name = exportable.module, exportable.sample, exportable.input_name
+    outputs = list(exportable.output_names)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # tracer / deprecation chatter; the result is checked below
-        if cfg.exporter == "dynamo":
+        if exporter == "dynamo":
             require("onnxscript")
             dims = {}
-            if cfg.dynamic_batch:
+            if exportable.dynamic_batch:
                 dims[0] = torch.export.Dim("batch", min=1, max=4096)
-            if cfg.dynamic_hw:
+            if exportable.dynamic_hw:
                 dims[2] = torch.export.Dim("height", min=32, max=4096)
                 dims[3] = torch.export.Dim("width", min=32, max=4096)
             torch.onnx.export(
-                module, (x,), str(path), dynamo=True, opset_version=cfg.opset, input_names=["input"],
+                module, (x,), str(path), dynamo=True, opset_version=opset, input_names=[name],
                 output_names=outputs, dynamic_shapes=(dims,), external_data=False,
             )
         else:
-            dynamic_axes = {name: {0: "batch"} for name in ["input", *outputs]} if cfg.dynamic_batch else {}
-            if cfg.dynamic_hw:
-                dynamic_axes.setdefault("input", {}).update({2: "height", 3: "width"})
+            dynamic_axes = {n: {0: "batch"} for n in [name, *outputs]} if exportable.dynamic_batch else {}
+            if exportable.dynamic_hw:
+                dynamic_axes.setdefault(name, {}).update({2: "height", 3: "width"})
+            for output, axes in exportable.output_axes.items():
+                dynamic_axes.setdefault(output, {}).update(axes)
             torch.onnx.export(
-                module, (x,), str(path), dynamo=False, opset_version=cfg.opset, input_names=["input"],
+                module, (x,), str(path), dynamo=False, opset_version=opset, input_names=[name],
                 output_names=outputs, dynamic_axes=dynamic_axes or None, do_constant_folding=True,
             )
     proto = onnx.load(str(path))
-    if cfg.simplify:
+    if exportable.simplify:
         proto = simplify_onnx(proto)
-    proto.doc_string = doc
+    proto.doc_string = f"{exportable.description} ({exporter} exporter, opset {opset})".lstrip()
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
@@ -200,3 +210,29 @@ def verify_onnx(
     check = compare(model, lambda x: run_session(session, x), inputs, "ONNX", str(path), tolerance)
     check.input_kind = "given inputs" if given else check.input_kind
     return check
+
+
+class OnnxFormat(ExportFormat):
+    """ONNX, run in ONNX Runtime: fp32, or int8 QDQ (``quantize_onnx`` of the fp32 file, ``--ort-int8-weights``)."""
+
+    name, label, suffix = "onnx", "ONNX", ".onnx"
+    precisions = ("fp32", "int8")
+    dynamic_batch = True
+    several_outputs = True
+    data_dependent_shapes = True  # the TorchScript exporter writes torchvision's NMS as NonMaxSuppression
+    options = ("dynamic_hw", "ort_int8_weights")
+
+    def write(self, exportable, path, cfg, calibration, work) -> str | None:
+        if cfg.precision != "int8":
+            write_onnx(exportable, path, opset=cfg.opset, exporter=cfg.exporter)
+            return None
+        from .quantize import ort_int8_settings, quantize_onnx
+
+        fp32 = write_onnx(exportable, work / "fp32.onnx", opset=cfg.opset, exporter=cfg.exporter)
+        report = quantize_onnx(fp32, path, calibration.folder, preprocess=calibration.preprocess,
+                               num_images=calibration.num_images, settings=ort_int8_settings(cfg.ort_int8_weights))
+        return report.summary()
+
+    def runner(self, path: Path) -> Runner:
+        session = onnx_session(path)
+        return lambda x: run_session(session, x)

@@ -1,39 +1,44 @@
-"""One export as a library call: ``ExportConfig`` says what to write, ``run_export(model, cfg)`` writes and checks it.
+"""One export as a library call: ``ExportConfig`` says what to write, ``run_export(model, cfg, kind)`` writes and
+checks it, for any format of the registry (``mnv4.export.registry.FORMATS``) and any kind of model
+(``mnv4.export.kind``: a classifier by default, ``mnv4.detection.export.Detector`` for a detector).
 
-The file is written to a temporary name next to ``cfg.out`` and moved into place only when its check passes, so
-``cfg.out`` never holds a half-written or unverified file: a failed export or check leaves whatever was at
-``cfg.out`` before untouched and no temporary file behind. Intermediate files (the fp32 ONNX file of an int8 export)
-live in a temporary folder that is always removed.
+Nothing half-written, nothing unverified: the file is written into a staging folder next to ``cfg.out`` (named as
+``mnv4.engine.outputs.temp_path`` names temporary files: ``.<name>.tmp-<pid>@<host>``), checked there, and moved
+into place only when its check passes. A failed export or check leaves whatever was at ``cfg.out`` before untouched
+and removes the staging folder with everything in it (intermediate files such as the fp32 ONNX file of an int8
+export included); the staging folders of killed exports are removed by the next export into the same folder
+(``remove_stale_temp_files``).
 
-Checks: fp32 / fp16 files against PyTorch on random inputs (relative error, ``mnv4.export.verify``); int8 files on
-real images (``--eval`` if given, else a sample of the calibration folder) by top-1 agreement and logit SQNR; Core ML
-files by their program structure (predictions need macOS).
+Checks: the format writes and runs the file, the kind says what to compare (``ModelKind.comparison``): for a
+classifier, fp32 / fp16 files against PyTorch on random inputs (relative error), int8 files on real images
+(``--eval`` if given, else a sample of the calibration folder) by top-1 agreement and logit SQNR; Core ML files off
+macOS by their program structure only.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
+from ..engine.outputs import remove_stale_temp_files, temp_path
 from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE
-from . import SUFFIXES
+from .format import ExportFormat
+from .kind import Classifier, ModelKind
+from .registry import FORMATS, export_format
 from .verify import ExportCheck, Int8Check
 
-PRECISIONS = {  # format -> the precisions it exports
-    "onnx": ("fp32", "int8"),
-    "tflite": ("fp32", "fp16", "int8"),
-    "coreml": ("fp32", "fp16"),
-    "executorch": ("fp32", "int8"),
-    "aoti": ("fp32",),
+PRECISION_FLAGS = {"fp16": "--fp16", "int8": "--int8", "fp32": "--fp32"}
+# ExportConfig fields only some formats read (ExportFormat.options): the flag, and why the others ignore it
+FORMAT_OPTIONS = {
+    "dynamic_hw": ("--dynamic-hw", "the other formats have a fixed input size"),
+    "ort_int8_weights": ("--ort-int8-weights", "it picks ONNX Runtime's int8 kernels"),
 }
 
 
@@ -41,7 +46,7 @@ PRECISIONS = {  # format -> the precisions it exports
 class ExportConfig:
     """What ``run_export`` writes. Messages name the ``mnv4 export`` flags each field comes from."""
 
-    format: str
+    format: str | None  # a registry name; None: the one ``out``'s suffix names
     out: Path
     input_size: tuple[int, int] | None = None  # None: the variant's native resolution
     precision: str = "fp32"  # fp32, fp16 (tflite weights, Core ML compute) or int8 (post-training, needs calib)
@@ -52,18 +57,30 @@ class ExportConfig:
     opset: int = 18
     dynamic_hw: bool = False
     exporter: str = "torchscript"
+    ort_int8_weights: str | None = None  # ONNX int8: "u8" (None: the default) or "s8-7bit" (quantize.ORT_INT8_WEIGHTS)
     tolerance: float | None = None  # fp32/fp16 check; None: the format's default
     min_agreement: float | None = None  # int8 check; None: verify.INT8_MIN_AGREEMENT
     min_sqnr_db: float | None = None  # int8 check; None: verify.INT8_MIN_SQNR_DB
     enforce_int8_check: bool = True  # False for random weights: their near-tied logits flip top-1 under any rounding
 
-    def validate(self) -> ExportConfig:
-        if self.format not in SUFFIXES:
-            raise UserError(f"unknown format {self.format!r}; choose from {', '.join(SUFFIXES)}")
-        allowed = PRECISIONS[self.format]
-        if self.precision not in allowed:
-            flag = {"fp16": "--fp16", "int8": "--int8", "fp32": "--fp32"}[self.precision]
-            raise UserError(f"{flag} is not available for --format {self.format} (it exports {', '.join(allowed)})")
+    @property
+    def export_format(self) -> ExportFormat:
+        return export_format(self.format, self.out)
+
+    def validate(self, kind: ModelKind | None = None) -> ExportConfig:
+        """Every check that needs no model and no work: flags, input folders, the output path. Returns the config
+        with ``format`` filled in (from ``out``'s suffix when it was None)."""
+        kind = kind or Classifier()
+        fmt = self.export_format
+        if reason := kind.refuses(fmt):
+            raise UserError(reason)
+        flag = PRECISION_FLAGS.get(self.precision)
+        if flag is None:
+            raise UserError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISION_FLAGS)}")
+        if self.precision not in fmt.precisions:
+            raise UserError(f"{flag} is not available for --format {fmt.name} (it exports {', '.join(fmt.precisions)})")
+        if self.precision not in kind.precisions:
+            raise UserError(f"{flag} is not available for a {kind.name} (it exports {', '.join(kind.precisions)})")
         int8 = self.precision == "int8"
         if int8 and self.calib is None:
             raise UserError("--int8 needs --calib DIR (a folder of representative images to calibrate on)")
@@ -85,41 +102,48 @@ class ExportConfig:
             raise UserError(f"--calib-images must be >= 1, got {self.calib_images}")
         if self.check_images < 1:
             raise UserError(f"the int8 check needs >= 1 image, got {self.check_images}")
-        if self.dynamic_hw and self.format != "onnx":
-            raise UserError("--dynamic-hw is for --format onnx (the other formats have a fixed input size)")
+        for option, (flag, why) in FORMAT_OPTIONS.items():
+            if getattr(self, option) not in (None, False) and option not in fmt.options:
+                takers = " / ".join(f.name for f in FORMATS.values() if option in f.options)
+                raise UserError(f"{flag} is for --format {takers} ({why})")
+        if self.ort_int8_weights is not None:
+            from .quantize import ort_int8_settings
+
+            ort_int8_settings(self.ort_int8_weights)  # a known choice
+            if not int8:
+                raise UserError("--ort-int8-weights applies with --int8 (it picks ONNX Runtime's int8 kernels)")
         for flag, path in (("--calib", self.calib), ("--eval", self.eval_dir)):
             if path is not None and not Path(path).is_dir():
                 raise UserError(f"{flag} {path} is not a folder of images")
-        check_output_path(Path(self.out), SUFFIXES[self.format], self.format)
-        return self
+        check_output_path(Path(self.out), fmt)
+        return replace(self, format=fmt.name)
 
 
-def check_output_path(out: Path, suffix: str, fmt: str) -> None:
+def check_output_path(out: Path, fmt: ExportFormat) -> None:
     """Refuse, before any work, an output path that cannot be written: wrong suffix, a folder in the way (for a
     file format), a parent that is a file or a folder we may not write to."""
-    if out.suffix != suffix:
-        raise UserError(f"--out for --format {fmt} must end in {suffix}, got {out}")
-    is_dir_format = suffix == ".mlpackage"
-    if out.exists() and out.is_dir() != is_dir_format:
-        kind = "a folder" if out.is_dir() else "a file"
-        raise UserError(f"--out {out} exists and is {kind}; remove it or choose another path")
+    if out.suffix != fmt.suffix:
+        raise UserError(f"--out for --format {fmt.name} must end in {fmt.suffix}, got {out}")
+    if out.exists() and out.is_dir() != fmt.folder:
+        what = "a folder" if out.is_dir() else "a file"
+        raise UserError(f"--out {out} exists and is {what}; remove it or choose another path")
     parent = out.parent
     while not parent.exists():  # the folders run_export will create; the first existing one must be writable
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"--out {out}: {parent} is a file, not a folder")
+    probe = temp_path(parent / out.name)  # a kill right here leaves a name the next start removes
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".mnv4-write-test-")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     except OSError as err:
         raise UserError(f"--out {out}: cannot write in {parent} ({err.strerror or err})") from None
-    os.close(fd)
     os.unlink(probe)
 
 
 @dataclass
 class ExportResult:
-    """What ``run_export`` did: the file's path (None when its check failed and nothing was written), the check,
-    notes for the user, and the ``--eval`` accuracy rows."""
+    """What ``run_export`` did: the file's path (None when its check failed and nothing was written), the check
+    (None when there was nothing to compare on), notes for the user, and the ``--eval`` accuracy rows."""
 
     path: Path | None
     check: ExportCheck | Int8Check | None
@@ -131,200 +155,54 @@ class ExportResult:
         return self.path is not None
 
 
-def run_export(model: nn.Module, cfg: ExportConfig) -> ExportResult:
-    """Export ``model`` as ``cfg`` says, check the file, and move it to ``cfg.out`` when the check passes."""
-    cfg = cfg.validate()
+def run_export(model: nn.Module, cfg: ExportConfig, kind: ModelKind | None = None) -> ExportResult:
+    """Export ``model`` (a ``kind``, default a classifier) as ``cfg`` says, check the file, and move it to
+    ``cfg.out`` when the check passes."""
+    kind = kind or Classifier()
+    cfg = cfg.validate(kind)
+    fmt = cfg.export_format
     model = model.eval()
-    size = tuple(cfg.input_size or (model.spec.resolution, model.spec.resolution))
+    size = kind.input_size(model, cfg)
+    comparison = kind.comparison(model, fmt, size, cfg)  # its inputs are read before the slow part
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
-    notes: list[str] = []
-    try:
-        with tempfile.TemporaryDirectory(prefix="mnv4-export-") as work:
-            note = _write(model, partial, size, cfg, Path(work))
-            if note:
-                notes.append(note)
-            check, runner = _check(model, partial, size, cfg, notes)
-            accuracy = _accuracy(model, runner, partial, size, cfg) if cfg.eval_dir and runner else []
-        if check is not None:
-            check.path = str(out)
+    notes = [f"removed {path}, left by a killed run" for path in remove_stale_temp_files(out.parent)]
+    with staging_folder(out) as stage:
+        partial, work = stage / out.name, stage / "work"
+        work.mkdir()
+        calibration = kind.calibration(model, size, cfg) if cfg.precision == "int8" else None
+        note = fmt.write(kind.exportable(model, fmt, size, cfg), partial, cfg, calibration, work)
+        notes += [note] if note else []
+        notes += fmt.inspect(partial)
+        run = fmt.runner(partial)
+        check = comparison(model, run, fmt.check_label(cfg.precision), str(out)) if run and comparison else None
+        accuracy = kind.accuracy(model, run, partial, size, cfg) if cfg.eval_dir and run else []
         if check is not None and not check.ok:
             if isinstance(check, Int8Check) and not cfg.enforce_int8_check:
                 notes.append("note: the int8 check is not enforced for random weights (their logits are nearly tied, "
                              "so any rounding flips top-1); judge int8 accuracy on trained weights")
             else:
                 return ExportResult(None, check, notes, accuracy)
-        _move_into_place(partial, out)
-        return ExportResult(out, check, notes, accuracy)
+        _move_into_place(partial, out, stage)
+    return ExportResult(out, check, notes, accuracy)
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder next to ``out`` under its temporary name (``temp_path``), removed with everything in it on the
+    way out, whatever happens."""
+    stage = temp_path(out)
+    shutil.rmtree(stage, ignore_errors=True)  # this pid's own leftover (a pid reused after a kill)
+    stage.mkdir()
+    try:
+        yield stage
     finally:
-        _remove(partial)
+        shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write(model: nn.Module, path: Path, size: tuple[int, int], cfg: ExportConfig, work: Path) -> str | None:
-    """Write the file; returns a line worth telling the user (what int8 was calibrated on), or None."""
-    fmt, int8 = cfg.format, cfg.precision == "int8"
-    if fmt == "onnx":
-        from .onnx import export_onnx
-
-        kwargs = dict(input_size=size, opset=cfg.opset, dynamic_hw=cfg.dynamic_hw, exporter=cfg.exporter)
-        if not int8:
-            export_onnx(model, path, **kwargs)
-            return None
-        from .data import Preprocess
-        from .quantize import quantize_onnx
-
-        fp32 = export_onnx(model, work / "fp32.onnx", **kwargs)
-        return quantize_onnx(fp32, path, cfg.calib, preprocess=Preprocess.for_model(model, size),
-                             num_images=cfg.calib_images).summary()
-    if fmt == "tflite":
-        if int8:
-            from .quantize import export_litert_int8
-
-            return export_litert_int8(model, path, cfg.calib, input_size=size, num_images=cfg.calib_images).summary()
-        from .litert import export_litert
-
-        export_litert(model, path, input_size=size, fp16=cfg.precision == "fp16")
-        return None
-    if fmt == "executorch":
-        if int8:
-            from .quantize import export_executorch_int8
-
-            report = export_executorch_int8(model, path, cfg.calib, input_size=size, num_images=cfg.calib_images)
-            return report.summary()
-        from .executorch import export_executorch
-
-        export_executorch(model, path, input_size=size)
-        return None
-    if fmt == "aoti":
-        from .aoti import export_aoti
-
-        export_aoti(model, path, input_size=size)
-        return None
-    from .coreml import export_coreml
-
-    export_coreml(model, path, input_size=size, fp16=cfg.precision == "fp16")
-    return None
-
-
-Runner = Callable[[np.ndarray], np.ndarray]
-
-
-def file_runner(fmt: str, path: Path) -> Runner | None:
-    """NCHW float32 batch -> logits, running the exported file (None: Core ML off macOS)."""
-    if fmt == "onnx":
-        from .onnx import onnx_session, run_session
-
-        session = onnx_session(path)
-        return lambda x: run_session(session, x)[0]
-    if fmt == "tflite":
-        from .litert import LiteRTRunner
-
-        litert = LiteRTRunner(path)
-        return lambda x: litert(x)[0]
-    if fmt == "executorch":
-        from .executorch import ExecuTorchRunner
-
-        et = ExecuTorchRunner(path)
-        return lambda x: et(x)[0]
-    if fmt == "aoti":
-        from .aoti import AOTIRunner
-
-        aoti = AOTIRunner(path)
-        return lambda x: aoti(x)[0]
-    return None
-
-
-def _check(model, path: Path, size, cfg: ExportConfig, notes: list[str]) -> tuple[object, Runner | None]:
-    fmt = cfg.format
-    if fmt == "coreml":
-        return _check_coreml(model, path, cfg, notes), None
-    runner = file_runner(fmt, path)
-    if cfg.precision == "int8":
-        from .verify import INT8_MIN_AGREEMENT, INT8_MIN_SQNR_DB, judge_int8
-
-        images = check_images(model, size, cfg)
-        name = {"onnx": "ONNX", "tflite": "LiteRT", "executorch": "ExecuTorch"}[fmt]
-        check = judge_int8(
-            model, runner, images, name, str(path),
-            INT8_MIN_AGREEMENT if cfg.min_agreement is None else cfg.min_agreement,
-            INT8_MIN_SQNR_DB if cfg.min_sqnr_db is None else cfg.min_sqnr_db,
-        )
-        return check, runner
-    tolerance = {} if cfg.tolerance is None else {"tolerance": cfg.tolerance}
-    if fmt == "onnx":
-        from .onnx import verify_onnx
-
-        return verify_onnx(model, path, input_size=size, **tolerance), runner
-    if fmt == "tflite":
-        from .litert import verify_litert
-
-        return verify_litert(model, path, fp16=cfg.precision == "fp16", **tolerance), runner
-    if fmt == "executorch":
-        from .executorch import verify_executorch
-
-        return verify_executorch(model, path, **tolerance), runner
-    from .aoti import verify_aoti
-
-    return verify_aoti(model, path, input_size=size, **tolerance), runner
-
-
-def _check_coreml(model, path: Path, cfg: ExportConfig, notes: list[str]):
-    from .coreml import can_run_coreml, inspect_coreml, verify_coreml
-
-    summary = inspect_coreml(path)
-    notes.append(summary.summary())
-    if summary.unknown_ops:
-        raise RuntimeError(f"the Core ML program uses ops outside the ML Program op set: {summary.unknown_ops}")
-    if not can_run_coreml():
-        notes.append("note: Core ML predictions need macOS; structural check only on this OS")
-        return None
-    tolerance = {} if cfg.tolerance is None else {"tolerance": cfg.tolerance}
-    return verify_coreml(model, path, fp16=cfg.precision == "fp16", **tolerance)
-
-
-def check_images(model: nn.Module, size: tuple[int, int], cfg: ExportConfig) -> torch.Tensor:
-    """The real images an int8 file is judged on: ``cfg.check_images`` of the ``--eval`` folder (held out) or,
-    without one, of the calibration folder; preprocessed as the model's tag is evaluated. Images that cannot be
-    decoded are skipped (each logged)."""
-    from .data import Preprocess, calibration_images, load_batch
-
-    folder = cfg.eval_dir or cfg.calib
-    paths = calibration_images(folder, cfg.check_images, seed=1)
-    x = load_batch(paths, Preprocess.for_model(model, size), skipped := [])
-    if not len(x):
-        raise UserError(f"none of the {len(paths)} images sampled from {folder} for the int8 check could be decoded "
-                        f"(first: {skipped[0]})")
-    return torch.from_numpy(x)
-
-
-def _accuracy(model, runner: Runner, path: Path, size, cfg: ExportConfig) -> list:
-    from ..deploy import deploy
-    from .data import Preprocess
-    from .quantize import AccuracyReport, top1_accuracy, torch_runner
-
-    preprocess = Preprocess.for_model(model, size)
-    acc_ref, n = top1_accuracy(torch_runner(deploy(model)), cfg.eval_dir, preprocess, batch_size=16)
-    acc, _ = top1_accuracy(runner, cfg.eval_dir, preprocess)
-    size_bytes = path.stat().st_size if path.is_file() else None
-    return [AccuracyReport("PyTorch fp32", acc_ref, n), AccuracyReport(Path(cfg.out).name, acc, n, size_bytes)]
-
-
-def _move_into_place(partial: Path, out: Path) -> None:
-    """``partial`` becomes ``out`` (a file: one atomic rename; a folder (.mlpackage): the old one is moved aside
-    first and removed once the new one is in place)."""
+def _move_into_place(partial: Path, out: Path, stage: Path) -> None:
+    """``partial`` becomes ``out``: a file is one atomic rename; a folder (.mlpackage) cannot replace one, so the
+    old one is first moved into the staging folder (removed with it) and the new one renamed into place."""
     if partial.is_dir() and out.exists():
-        aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, aside)
-        os.replace(partial, out)
-        shutil.rmtree(aside, ignore_errors=True)
-        return
+        os.replace(out, stage / "replaced")
     os.replace(partial, out)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
-

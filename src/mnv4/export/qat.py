@@ -12,11 +12,13 @@ rounding. The flow is PT2E's, with the very quantizer the ExecuTorch exporter us
    few epochs); ``train()`` / ``eval()`` on it switch BN and dropout as on an eager model;
 3. ``convert_qat``: fake-quant becomes quantize/dequantize pairs with the learned scales, BN is folded;
 4. ``export_qat``: the converted graph lowered to ExecuTorch/XNNPACK (``.pte``) and exported to ONNX with QDQ pairs
-   (``.onnx``, ONNX Runtime fuses them into QLinearConv and friends). The ONNX file's conv weights are re-rounded to
-   7 bits (``ORT_WEIGHT_BITS``): ONNX Runtime's int8 convolutions on x86 CPUs without VNNI (AVX2, AVX-512 without
-   VNNI) multiply u8 x s8 pairs into 16-bit sums that saturate with full-range 8-bit weights -- measured here on
-   an AVX2 CPU: 41% of the logit scale off with 8-bit weights, 7% with 7-bit ones, against 4-7% in ORT's
-   unfused reference kernels. This is what ONNX Runtime's own ``reduce_range`` does for post-training quantization.
+   (``.onnx``, ONNX Runtime fuses them into QLinearConv and friends). The quantizer's tensors are s8 (symmetric
+   weights, asymmetric activations); the ONNX file gets them as u8, as post-training quantization writes its files
+   (``OrtQuantSettings``' default): ONNX Runtime's int8 convolutions on x86 CPUs without VNNI (AVX2, AVX-512
+   without VNNI) multiply u8 x s8 pairs into 16-bit sums that saturate with full-range 8-bit s8 weights (measured
+   here on an AVX2 CPU: 41% of the logit scale off with 8-bit s8 weights, against 4-7% in ORT's unfused reference
+   kernels), while its U8U8 kernels do not. The shift to u8 is exact (``to_u8``), where the 7-bit re-rounding used
+   before (``FAST_ORT_INT8``'s trade, still available) coarsens the learned grid.
 
 ``train_qat(cfg)`` runs 1-4 for ``mnv4 train --qat``.
 """
@@ -28,6 +30,7 @@ import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -35,6 +38,9 @@ from torch import nn
 from ..errors import UserError
 from ..model import MobileNetV4
 from . import require
+
+if TYPE_CHECKING:
+    from .quantize import OrtQuantSettings
 
 log = logging.getLogger("mnv4")
 
@@ -132,19 +138,22 @@ def export_qat(converted: torch.fx.GraphModule, out_dir: str | Path, stem: str =
     return QATFiles(pte, export_qdq_onnx(converted, sample, out_dir / f"{stem}.onnx"))
 
 
-ORT_WEIGHT_BITS = 7
-
-
 def export_qdq_onnx(converted: torch.fx.GraphModule, sample: torch.Tensor, path: str | Path,
-                    weight_bits: int = ORT_WEIGHT_BITS) -> Path:
+                    settings: OrtQuantSettings | None = None) -> Path:
     """A converted PT2E graph as ONNX: its quantize/dequantize ops become QuantizeLinear/DequantizeLinear pairs
-    (the ``torch.export``-based exporter; onnxscript), which ONNX Runtime fuses into int8 kernels; conv weights
-    re-rounded to ``weight_bits`` (see the module docstring; 8 keeps them as trained)."""
+    (the ``torch.export``-based exporter; onnxscript), which ONNX Runtime fuses into int8 kernels. ``settings``
+    (``mnv4.export.quantize.OrtQuantSettings``, default as post-training quantization: u8 activations and u8
+    weights) picks ORT's kernels as it does for ``quantize_onnx``: ``activations="u8"`` / ``weights="u8"`` shift
+    the graph's s8 tensors to u8 (exact: ``to_u8``); ``weights="s8"`` with ``reduce_range`` re-rounds them to 7 bits
+    (``FAST_ORT_INT8``); ``weights="s8"`` alone keeps them as trained."""
+    from .quantize import OrtQuantSettings
+
     onnx = require("onnx")
     require("onnxscript")
     import contextlib
     import io
 
+    settings = settings or OrtQuantSettings()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -153,11 +162,57 @@ def export_qdq_onnx(converted: torch.fx.GraphModule, sample: torch.Tensor, path:
         torch.onnx.export(converted, (sample,), str(path), dynamo=True, input_names=["input"],
                           output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
     proto = onnx.load(str(path))
-    if weight_bits < 8:
-        reduce_weight_bits(proto, weight_bits)
+    if settings.weights == "s8" and settings.reduce_range:
+        reduce_weight_bits(proto, 7)
+    to_u8(proto, activations=settings.activations == "u8", weights=settings.weights == "u8")
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
     return path
+
+
+def to_u8(proto, *, activations: bool = True, weights: bool = True) -> int:
+    """Shift the graph's int8 quantized tensors to uint8: ``q + 128`` with zero point ``z + 128`` dequantizes to the
+    same ``(q - z) * scale``, so the values do not change, only which ONNX Runtime kernels run them (u8 activations
+    with u8 weights: the U8U8 kernels post-training quantization uses, which do not saturate on x86 without VNNI).
+    ``weights``: the constant inputs of DequantizeLinear ops (and their zero points); ``activations``: every other
+    QuantizeLinear / DequantizeLinear zero point. Returns how many tensors were shifted."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    tensors = {t.name: t for t in graph.initializer}
+    tensors.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant"})
+    shifted: set[str] = set()
+
+    def shift(name: str) -> None:
+        tensor = tensors.get(name)
+        if name in shifted or tensor is None:
+            return
+        values = numpy_helper.to_array(tensor)
+        if values.dtype != np.int8:
+            return
+        tensor.CopyFrom(numpy_helper.from_array((values.astype(np.int16) + 128).astype(np.uint8), tensor.name))
+        shifted.add(name)
+
+    for node in list(graph.node):
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        is_weight = node.op_type == "DequantizeLinear" and node.input[0] in tensors
+        if not (weights if is_weight else activations):
+            continue
+        if is_weight:
+            if len(node.input) < 3 or not node.input[2]:  # no zero point: 0 of the input's type, u8 needs 128
+                scale = numpy_helper.to_array(tensors[node.input[1]])
+                zero = numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{node.input[0]}_zero_point")
+                graph.initializer.append(zero)
+                tensors[zero.name] = graph.initializer[-1]
+                del node.input[2:]
+                node.input.extend([""] * (2 - len(node.input)) + [zero.name])
+            shift(node.input[0])
+        if len(node.input) > 2 and node.input[2]:
+            shift(node.input[2])
+    del graph.value_info[:]  # intermediate types the exporter recorded (int8); ORT infers them again
+    return len(shifted)
 
 
 def reduce_weight_bits(proto, bits: int) -> int:

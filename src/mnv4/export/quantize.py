@@ -36,7 +36,8 @@ from torch import nn
 from ..errors import UserError
 from . import require
 from .data import DecodeError, Preprocess, calibration_images, load_batch, load_images, scan_folder
-from .prepare import deployed_for_export
+from .format import Calibration, Exportable
+from .prepare import classifier_exportable
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,18 @@ class OrtQuantSettings:
 
 # U8S8 with 7-bit weights: ORT's fastest x86 int8 kernels without saturation, for ~1-3 points of top-1 (see above)
 FAST_ORT_INT8 = OrtQuantSettings(weights="s8", reduce_range=True)
+
+# `mnv4 export --ort-int8-weights`: ONNX Runtime's int8 kernel choice by name
+ORT_INT8_WEIGHTS = {"u8": OrtQuantSettings(), "s8-7bit": FAST_ORT_INT8}
+
+
+def ort_int8_settings(weights: str | None) -> OrtQuantSettings:
+    """The ``OrtQuantSettings`` of an ``--ort-int8-weights`` choice (None: the default, u8)."""
+    if weights is None:
+        return OrtQuantSettings()
+    if weights not in ORT_INT8_WEIGHTS:
+        raise UserError(f"--ort-int8-weights must be one of {', '.join(ORT_INT8_WEIGHTS)}, got {weights!r}")
+    return ORT_INT8_WEIGHTS[weights]
 
 
 def _first_conv(proto) -> str | None:
@@ -212,22 +225,28 @@ def export_litert_int8(
 ) -> CalibrationReport:
     """LiteRT int8 (per-channel weights, int8 activations and I/O) through litert-torch's PT2E path, calibrated on
     ``calib_dir`` with the model's evaluation preprocessing."""
+    size = tuple(input_size)
+    exportable = classifier_exportable(model, size, classifier_for="LiteRT")
+    calibration = Calibration(Path(calib_dir), Preprocess.for_model(model, size), num_images)
+    return litert_int8(exportable, out_path, calibration)
+
+
+def litert_int8(exportable: Exportable, out_path: str | Path, calibration: Calibration) -> CalibrationReport:
+    """``exportable`` as an int8 ``.tflite``: PT2E with litert-torch's symmetric per-channel quantizer."""
     from .litert import convert_quiet
 
     require("litert_torch")
     from litert_torch.quantize import pt2e_quantizer, quant_config
 
-    net = deployed_for_export(model, classifier_for="LiteRT")
-    paths = calibration_images(calib_dir, num_images)
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
     )
+    paths = calibration_images(calibration.folder, calibration.num_images)
     skipped: list[DecodeError] = []
-    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)), skipped)
-    converted = pt2e_quantize(net, quantizer, images, tuple(input_size), fold_quantize=False)
-    sample = (torch.zeros(1, net.in_chans, *input_size),)
-    convert_quiet(converted, sample, out_path, quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
-    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
+    converted = _pt2e_calibrated(exportable, quantizer, paths, calibration.preprocess, skipped, fold_quantize=False)
+    convert_quiet(converted, (exportable.sample,), out_path,
+                  quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
+    return CalibrationReport.of(out_path, paths, calibration.folder, skipped)
 
 
 def export_executorch_int8(
@@ -240,15 +259,27 @@ def export_executorch_int8(
 ) -> CalibrationReport:
     """ExecuTorch int8 (``.pte``, XNNPACK): PT2E with ``mnv4.export.executorch.xnnpack_quantizer()`` calibrated on
     ``calib_dir`` with the model's evaluation preprocessing; float32 input and output."""
+    size = tuple(input_size)
+    exportable = classifier_exportable(model, size, classifier_for="ExecuTorch")
+    calibration = Calibration(Path(calib_dir), Preprocess.for_model(model, size), num_images)
+    return executorch_int8(exportable, out_path, calibration)
+
+
+def executorch_int8(exportable: Exportable, out_path: str | Path, calibration: Calibration) -> CalibrationReport:
+    """``exportable`` as an int8 ``.pte``: PT2E with the XNNPACK quantizer, lowered to the XNNPACK delegate."""
     from .executorch import lower_to_executorch, xnnpack_quantizer
 
-    net = deployed_for_export(model, classifier_for="ExecuTorch")
-    paths = calibration_images(calib_dir, num_images)
+    paths = calibration_images(calibration.folder, calibration.num_images)
     skipped: list[DecodeError] = []
-    images = calibration_tensors(paths, Preprocess.for_model(model, tuple(input_size)), skipped)
-    converted = pt2e_quantize(net, xnnpack_quantizer(), images, tuple(input_size))
-    lower_to_executorch(converted, (torch.zeros(1, net.in_chans, *input_size),), out_path)
-    return CalibrationReport.of(out_path, paths, calib_dir, skipped)
+    converted = _pt2e_calibrated(exportable, xnnpack_quantizer(), paths, calibration.preprocess, skipped)
+    lower_to_executorch(converted, (exportable.sample,), out_path)
+    return CalibrationReport.of(out_path, paths, calibration.folder, skipped)
+
+
+def _pt2e_calibrated(exportable: Exportable, quantizer, paths, preprocess: Preprocess, skipped, **kwargs):
+    """``pt2e_quantize`` of ``exportable``'s module, calibrated on the decodable ``paths``."""
+    images = calibration_tensors(paths, preprocess, skipped)
+    return pt2e_quantize(exportable.module, quantizer, images, tuple(exportable.sample.shape[2:]), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- accuracy

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -189,3 +190,42 @@ def judge_int8(
         raise RuntimeError(f"the int8 model returned logits of shape {actual.shape}, PyTorch {expected.shape}")
     agreement = float((actual.argmax(1) == expected.argmax(1)).mean())
     return Int8Check(fmt, str(path), agreement, sqnr_db(actual, expected), len(images), min_agreement, min_sqnr_db)
+
+
+# ---------------------------------------------------------------------------------------------- comparisons
+# What "agrees with PyTorch" means for one kind of model, as a small object the pipeline calls with the PyTorch model
+# and a runner of the written file (``mnv4.export.format.Runner``: NCHW float32 -> every output). A classifier's are
+# below; a detector's is ``mnv4.detection.export.SameDetections``.
+
+
+class Comparison(Protocol):
+    def __call__(self, model: nn.Module, run: Callable[[np.ndarray], list[np.ndarray]], fmt: str,
+                 path: str) -> ExportCheck | Int8Check: ...
+
+
+def default_tolerance(precision: str) -> float:
+    """The fp32 / fp16 check's bound relative to the output scale."""
+    return FP16_TOLERANCE if precision == "fp16" else FP32_TOLERANCE
+
+
+@dataclass
+class LogitError:
+    """fp32 / fp16 files: every output within ``tolerance`` of PyTorch's, relative to its scale (``compare``)."""
+
+    inputs: Sequence[torch.Tensor]
+    tolerance: float = FP32_TOLERANCE
+
+    def __call__(self, model, run, fmt, path) -> ExportCheck:
+        return compare(model, run, self.inputs, fmt, path, self.tolerance)
+
+
+@dataclass
+class Int8Agreement:
+    """int8 files, on real images: top-1 agreement with fp32 PyTorch and logit SQNR (``judge_int8``)."""
+
+    images: torch.Tensor
+    min_agreement: float = INT8_MIN_AGREEMENT
+    min_sqnr_db: float = INT8_MIN_SQNR_DB
+
+    def __call__(self, model, run, fmt, path) -> Int8Check:
+        return judge_int8(model, lambda x: run(x)[0], self.images, fmt, path, self.min_agreement, self.min_sqnr_db)
