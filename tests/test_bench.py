@@ -303,3 +303,49 @@ def test_litert_backend_matches_eager(tmp_path):
     assert relative_error(torch.from_numpy(got), expected) < 1e-4
     with pytest.raises(NotApplicable, match="batch 1"):
         backend.prepare(model, torch.randn(2, 3, 64, 64), tmp_path, 1)
+
+
+def _report(rows):
+    """A bench report of (model, backend, median ms or None for a failed cell) rows, batch 1."""
+    from mnv4.bench.results import BenchRecord, BenchReport
+
+    records = []
+    for model, backend, ms in rows:
+        entry = catalog_entry(model)
+        records.append(BenchRecord(
+            model=model, label=entry.label, backend=backend, device="cpu", dtype="fp32", batch_size=1,
+            resolution=entry.resolution, params=1, macs=1, top1=entry.top1, top1_source=entry.top1_source,
+            threads=2, status="ok" if ms else "failed", median_ms=ms))
+    return BenchReport(environment={"cpu": "test CPU", "threads": 2}, config={"batch_size": 1}, records=records)
+
+
+def test_pareto_plot_names_each_model_once_at_its_fastest_point():
+    pytest.importorskip("matplotlib", reason="the Pareto plot needs matplotlib (pip install 'mnv4[plot]')")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Annotation
+
+    from mnv4.plots import pareto_figure
+
+    latencies = {  # model: ms on eager, onnxruntime, litert -- every backend measures every model
+        "mobilenetv4_conv_small": (8.6, 2.1, 4.3),
+        "mobilenetv4_conv_medium": (24.5, 11.6, 12.2),
+        "mobilenetv4_hybrid_medium": (38.7, 14.9, None),  # failed on litert: not drawn
+        "mobilenet_v3_large": (15.7, 4.0, 3.6),
+        "mobilenetv4_conv_aa_medium": (30.0, 12.0, 13.0),  # no published top-1: not drawn
+    }
+    backends = ("eager", "onnxruntime", "litert")
+    report = _report([(m, b, ms) for m, row in latencies.items() for b, ms in zip(backends, row, strict=True)])
+    fig = pareto_figure(report)
+    try:
+        (ax,) = fig.axes
+        names = {a.get_text(): a.xy for a in ax.texts if isinstance(a, Annotation)}
+        assert len([a for a in ax.texts if isinstance(a, Annotation)]) == len(names) == 4  # one per drawn model
+        assert names == {
+            "Conv-S": (2.1, 73.8), "Conv-M": (11.6, 79.9), "Hybrid-M": (14.9, 80.7),
+            "MNv3-L": (3.6, pytest.approx(75.274)),
+        }
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(backends)  # backends: colour + marker
+        left, _ = ax.get_xlim()
+        assert left < 2.1 / 2  # room for the fastest point's name on its left
+    finally:
+        plt.close(fig)
