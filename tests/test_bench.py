@@ -17,13 +17,17 @@ from mnv4.bench.backends import (
     NotApplicable,
     OnnxRuntimeBackend,
     Prepared,
+    all_backends,
+    default_backend_names,
     resolve_backends,
 )
 from mnv4.bench.catalog import catalog_entry, resolve_models
 from mnv4.bench.environment import capture_environment, default_threads, physical_cores
-from mnv4.bench.runner import _measure, _runs_within_budget
+from mnv4.bench.runner import _measure, _runs_within_budget, expected_seconds, full_sweep_backends
 from mnv4.bench.timing import Timing, time_callable
 from mnv4.cli import main
+from mnv4.cli.bench import plan_text
+from mnv4.errors import UserError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -51,6 +55,7 @@ def test_quick_end_to_end_writes_table_csv_json_png(quick_run, capsys):
     out, argv = quick_run
     assert main(argv) == 0
     text = capsys.readouterr().out
+    assert text.startswith("expected duration: about ")  # before anything is measured
     # Environment, then the table: one row per model, one column per backend, speed-ups vs MNv3-L.
     assert "CPU:" in text and "threads: 1" in text and "torch " in text
     for label in ("MNv4-Conv-S", "MNv4-Hybrid-M", "MNv3-L"):
@@ -223,13 +228,33 @@ def test_cuda_backend_parts_without_a_gpu():
             resolve_backends(["cuda-bf16"])
 
 
-def test_slow_to_build_backends_only_when_named():
+def test_slow_to_build_backends_only_in_the_full_sweep_or_when_named():
     chosen, skipped = resolve_backends(None)
     default = {b.name for b in chosen} | set(skipped)
-    assert {"eager", "deployed", "compile", "onnxruntime", "litert", "executorch"} <= default
-    assert not {"aoti", "executorch-int8"} & default  # minutes per model: opt-in
+    assert {"eager", "deployed", "compile", "onnxruntime"} <= default
+    slow = {"litert", "executorch", "executorch-int8", "aoti"}  # tens of seconds to minutes per model to build
+    assert not slow & default
+    assert set(default_backend_names(full=True)) == {b.name for b in all_backends()}
     chosen, skipped = resolve_backends(["aoti", "executorch-int8"])
     assert {b.name for b in chosen} | set(skipped) == {"aoti", "executorch-int8"}
+    with pytest.raises(UserError, match="--full runs every backend"):
+        BenchConfig(backends=["eager"], full=True).validate()
+
+
+def test_plan_says_how_long_and_what_the_default_run_leaves_out():
+    default = plan_text(BenchConfig())
+    first, second = default.splitlines()
+    assert first.startswith("expected duration: about ") and "7 models x " in first
+    assert "leaves out litert, executorch, executorch-int8, aoti" in second and "`mnv4 bench --full`" in second
+    chosen, _ = resolve_backends(None)
+    # the full sweep adds minutes per model: its estimate is several times the default run's
+    assert expected_seconds(BenchConfig(), full_sweep_backends()) > 3 * expected_seconds(BenchConfig(), chosen)
+    # fewer models, a smaller time budget per cell: a shorter estimate
+    assert expected_seconds(BenchConfig(models=["mobilenet_v3_small"]), chosen) < expected_seconds(BenchConfig(),
+                                                                                                     chosen)
+    assert expected_seconds(BenchConfig(max_seconds=1.0), chosen) < expected_seconds(BenchConfig(), chosen)
+    named = plan_text(BenchConfig(models=["mobilenet_v3_small"], backends=["eager"]))
+    assert named.splitlines() == [named] and "1 model x 1 backend (eager)" in named  # nothing left out to say
 
 
 def _small_net() -> nn.Module:
@@ -303,3 +328,49 @@ def test_litert_backend_matches_eager(tmp_path):
     assert relative_error(torch.from_numpy(got), expected) < 1e-4
     with pytest.raises(NotApplicable, match="batch 1"):
         backend.prepare(model, torch.randn(2, 3, 64, 64), tmp_path, 1)
+
+
+def _report(rows):
+    """A bench report of (model, backend, median ms or None for a failed cell) rows, batch 1."""
+    from mnv4.bench.results import BenchRecord, BenchReport
+
+    records = []
+    for model, backend, ms in rows:
+        entry = catalog_entry(model)
+        records.append(BenchRecord(
+            model=model, label=entry.label, backend=backend, device="cpu", dtype="fp32", batch_size=1,
+            resolution=entry.resolution, params=1, macs=1, top1=entry.top1, top1_source=entry.top1_source,
+            threads=2, status="ok" if ms else "failed", median_ms=ms))
+    return BenchReport(environment={"cpu": "test CPU", "threads": 2}, config={"batch_size": 1}, records=records)
+
+
+def test_pareto_plot_names_each_model_once_at_its_fastest_point():
+    pytest.importorskip("matplotlib", reason="the Pareto plot needs matplotlib (pip install 'mnv4[plot]')")
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Annotation
+
+    from mnv4.plots import pareto_figure
+
+    latencies = {  # model: ms on eager, onnxruntime, litert -- every backend measures every model
+        "mobilenetv4_conv_small": (8.6, 2.1, 4.3),
+        "mobilenetv4_conv_medium": (24.5, 11.6, 12.2),
+        "mobilenetv4_hybrid_medium": (38.7, 14.9, None),  # failed on litert: not drawn
+        "mobilenet_v3_large": (15.7, 4.0, 3.6),
+        "mobilenetv4_conv_aa_medium": (30.0, 12.0, 13.0),  # no published top-1: not drawn
+    }
+    backends = ("eager", "onnxruntime", "litert")
+    report = _report([(m, b, ms) for m, row in latencies.items() for b, ms in zip(backends, row, strict=True)])
+    fig = pareto_figure(report)
+    try:
+        (ax,) = fig.axes
+        names = {a.get_text(): a.xy for a in ax.texts if isinstance(a, Annotation)}
+        assert len([a for a in ax.texts if isinstance(a, Annotation)]) == len(names) == 4  # one per drawn model
+        assert names == {
+            "Conv-S": (2.1, 73.8), "Conv-M": (11.6, 79.9), "Hybrid-M": (14.9, 80.7),
+            "MNv3-L": (3.6, pytest.approx(75.274)),
+        }
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == list(backends)  # backends: colour + marker
+        left, _ = ax.get_xlim()
+        assert left < 2.1 / 2  # room for the fastest point's name on its left
+    finally:
+        plt.close(fig)

@@ -116,6 +116,27 @@ def test_predict_prints_indices_without_class_names(digits_model, capsys):
     assert out.count("%") == 10  # topk clamps to the number of classes
 
 
+def test_predict_says_names_or_indices_as_it_prints_them_when_the_first_file_fails(
+    tmp_path, imagenet_weights, digits_model, capsys
+):
+    bad = tmp_path / "first.txt"
+    bad.write_text("not an image")
+    photo = draw_images(tmp_path / "imgs")[0]
+    assert main(["predict", str(bad), str(photo), "--weights", str(imagenet_weights), "--topk", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "printing class indices" not in out  # a 1000-class model: names, as printed below
+    rows = out.split(str(photo) + "\n", 1)[1].splitlines()[:2]
+    assert all(r.split("%", 1)[1].strip().rsplit(" (", 1)[0] in imagenet_classes() for r in rows), rows
+
+    _, weights, val = digits_model
+    digit = next((val / "3").iterdir())
+    assert main(["predict", str(bad), str(digit), "--weights", str(weights), "--topk", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "no class names for a 10-class model: printing class indices" in out
+    rows = out.split(str(digit) + "\n", 1)[1].splitlines()[:2]
+    assert all(r.split("%", 1)[1].strip().startswith("class ") for r in rows), rows
+
+
 def test_eval_matches_a_direct_computation(digits_model, tmp_path, capsys):
     model, weights, val = digits_model
     out_json = tmp_path / "res.json"

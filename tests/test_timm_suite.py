@@ -5,9 +5,10 @@ timm parametrises them.
 Forward (with gradient checkpointing giving the same output), backward (every parameter gets a gradient), default
 cfgs (pool size = the unpooled map, first conv and classifier in the state dict, every ``reset_classifier`` form and
 ``global_pool=''``), ``features_only`` (list and dict, ``out_indices``), ``forward_intermediates`` against
-``forward_features`` and against a ``features_only`` model, TorchScript (script and trace), FX (``symbolic_trace``
-and torchvision's ``create_feature_extractor``) against eager, and ``channels_last``. Inputs are small (64-96 px);
-the shape checks at the tags' full resolutions run on the meta device (shapes without arithmetic).
+``forward_features`` and against a ``features_only`` model, timm's feature getter (``feature_cls='getter'``) against
+timm's own ``FeatureGetterNet``, TorchScript (script and trace), FX (``symbolic_trace`` and torchvision's
+``create_feature_extractor``) against eager, an FX-traced model scripted, and ``channels_last``. Inputs are small
+(64-96 px); the shape checks at the tags' full resolutions run on the meta device (shapes without arithmetic).
 """
 
 from __future__ import annotations
@@ -172,11 +173,11 @@ def test_torchscript_features_only():
     """The blocks compile in every variant above; what features_only changes is forward's output: list or dict."""
     x = _input(FEATURE_SIZE)
     for feature_cls in ("list", "dict"):
-        model = _model("mobilenetv4_hybrid_medium", features_only=True, feature_cls=feature_cls, out_indices=(1, 3, 4))
+        model = _model(FX_SCRIPT_DEFAULT, features_only=True, feature_cls=feature_cls, out_indices=(0, 2))
         with torch.no_grad(), torch.jit.optimized_execution(False):
             expected, got = model(x), torch.jit.script(model)(x)
         if feature_cls == "dict":
-            assert list(got) == list(expected) == ["1", "3", "4"]
+            assert list(got) == list(expected) == ["0", "2"]
             expected, got = list(expected.values()), list(got.values())
         for a, b in zip(got, expected, strict=True):
             _assert_same(a, b, feature_cls)
@@ -217,3 +218,64 @@ def test_channels_last_equals_nchw(name):
         model = model.to(memory_format=torch.channels_last)
         got = model(x.contiguous(memory_format=torch.channels_last))
     _assert_same(got, expected, "channels_last")
+
+
+# ------------------------------------------------------------------------------------------------ timm's feature getter
+@pytest.mark.parametrize("name", ALL)
+def test_feature_getter_equals_timms_feature_getter_net(timm, name):
+    """timm's ``feature_cls='getter'`` (test_model_forward_intermediates_features): timm's ``FeatureGetterNet`` wraps a
+    classifier, prunes it after the last level and calls ``forward_intermediates``; mnv4's getter model must give the
+    same maps and ``feature_info``."""
+    from timm.models._features import FeatureGetterNet
+
+    indices = (1, 2, 4)
+    classifier, x = _model(name), _input(FEATURE_SIZE)
+    getter = _model(name, features_only=True, feature_cls="getter", out_indices=indices)
+    getter.load_state_dict({k: v for k, v in classifier.state_dict().items() if k in getter.state_dict()})
+    wrapped = FeatureGetterNet(classifier, out_indices=indices).eval()
+    assert getter.feature_info.channels() == wrapped.feature_info.channels()
+    assert getter.feature_info.reduction() == wrapped.feature_info.reduction() == [4, 8, 32]
+    with torch.no_grad():
+        maps, expected = getter(x), wrapped(x)
+    assert isinstance(maps, list) and len(maps) == len(expected) == 3
+    for fmap, ref in zip(maps, expected, strict=True):
+        torch.testing.assert_close(fmap, ref, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ FX, then TorchScript
+FX_SCRIPT_DEFAULT = "mobilenetv4_hybrid_medium"  # every block type (FusedIB, UIB, Mobile MQA); all 12 marked slow
+
+
+@pytest.mark.parametrize(
+    "name", [n if n == FX_SCRIPT_DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in ALL]
+)
+def test_fx_traced_model_scripts(name):
+    """timm's test_model_forward_fx_torchscript: a traced GraphModule (plain, and torchvision's feature extractor as
+    timm builds it) compiles with ``torch.jit.script`` and equals eager; the eager input check it records compiles to
+    nothing, while the traced graph itself still runs it."""
+    model, x = _model(name), _input()
+    extractor = create_feature_extractor(model, return_nodes={"classifier": "logits"})
+    with torch.no_grad(), torch.jit.optimized_execution(False):
+        expected = model(x)
+        traced = torch.jit.script(torch.fx.symbolic_trace(model))
+        _assert_same(traced(x), expected, "script of symbolic_trace")
+        scripted_extractor = torch.jit.script(extractor)
+        _assert_same(scripted_extractor(x)["logits"], expected, "script of create_feature_extractor")
+    for graph in (traced.inlined_graph, scripted_extractor.inlined_graph):
+        assert "input channels" not in str(graph) and "downsamples by 32" not in str(graph)
+    with pytest.raises(UserError, match="input channels"):
+        extractor(torch.randn(1, 4, 64, 64))
+
+
+def test_fx_traced_feature_pyramid_scripts():
+    """features_only forward returns a list or a dict: both survive tracing and scripting."""
+    x = _input(FEATURE_SIZE)
+    for feature_cls in ("list", "dict"):
+        model = _model(FX_SCRIPT_DEFAULT, features_only=True, feature_cls=feature_cls, out_indices=(0, 2))
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            expected, got = model(x), torch.jit.script(torch.fx.symbolic_trace(model))(x)
+        if feature_cls == "dict":
+            assert list(got) == list(expected) == ["0", "2"]
+            expected, got = list(expected.values()), list(got.values())
+        for a, b in zip(got, expected, strict=True):
+            _assert_same(a, b, feature_cls)

@@ -2,7 +2,11 @@
 checkpoints, head replacement, and one clear error for every bad file. Never touches the network."""
 
 import logging
+import os
 import pickle
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,6 +147,41 @@ def test_offline_with_nothing_cached_says_how_to_fetch(offline):
     assert "hf download timm/mobilenetv4_conv_large.e600_r384_in1k model.safetensors" in msg
     assert "hf_hub_download('timm/mobilenetv4_conv_large.e600_r384_in1k', 'model.safetensors')" in msg
     assert "pretrained='path/to/model.safetensors'" in msg
+
+
+def _unreachable_hub(tmp_path: Path) -> dict[str, str]:
+    """The environment of a process with no hub to reach: ``HF_ENDPOINT`` at a local port nothing listens on (each
+    connection is refused at once), no proxies, no HF_HUB_OFFLINE, an empty hub cache of its own."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free again once closed: nothing listens there
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_") and not k.lower().endswith("_proxy")}
+    src = str(Path(mnv4.__file__).resolve().parents[1])
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_CACHE=str(tmp_path / "hub"),
+               PYTHONPATH=os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")])))
+    return env
+
+
+def test_no_network_fails_at_once_with_one_line(tmp_path):
+    """Without HF_HUB_OFFLINE and with no hub to reach, huggingface_hub would retry with back-off (~30 s) and log
+    each retry; one request tells that the hub cannot be reached, so the error comes at once and alone."""
+    out = tmp_path / "m.onnx"
+    run = subprocess.run([sys.executable, "-m", "mnv4", "export", SMALL_TAG, "--format", "onnx", "--out", str(out)],
+                         env=_unreachable_hub(tmp_path), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    (line,) = run.stderr.strip().splitlines()  # exactly one line: no retry messages before it
+    assert line.startswith("mnv4 export: error: weights for " + SMALL_TAG)
+    assert "the hub could not be reached (" in line and f"hf download timm/{SMALL_TAG}" in line
+    assert not out.exists()
+
+
+def test_no_network_still_loads_from_the_cache(tmp_path, small_sd):
+    env = _unreachable_hub(tmp_path)
+    cached = write_hub_cache(Path(env["HF_HUB_CACHE"]), SMALL_TAG, small_sd)
+    code = f"import mnv4; print(mnv4.create_model({SMALL_TAG!r}, pretrained=True).pretrained_cfg['weights'])"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert str(cached) in run.stdout and "Retry" not in run.stderr
 
 
 def test_12k_head_into_a_1000_class_model(offline, caplog):

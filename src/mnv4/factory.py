@@ -45,8 +45,9 @@ def create_model(
 
     ``features_only=True`` gives a model whose forward returns the feature maps at ``out_indices`` of the 5 levels
     (reductions 2, 4, 8, 16, 32), shallow to deep, as a list or (``feature_cls='dict'``) an ``OrderedDict`` keyed by
-    level number (``'0'``..``'4'``); ``model.feature_info`` describes them (timm's dicts: ``num_chs``,
-    ``reduction``, ``module``, ``index``, ``stage``; ``.channels()`` / ``.reduction()``).
+    level number (``'0'``..``'4'``); ``feature_cls='getter'``, timm's ``FeatureGetterNet`` form over
+    ``forward_intermediates``, gives the same list as the default. ``model.feature_info`` describes the maps (timm's
+    dicts: ``num_chs``, ``reduction``, ``module``, ``index``, ``stage``; ``.channels()`` / ``.reduction()``).
 
     ``global_pool``: ``'avg'`` (trained), ``'max'``, or ``''`` with ``num_classes=0``: the head runs unpooled and the
     model returns ``(B, 1280, H/32, W/32)`` (timm's behaviour for its MobileNetV3/V4 class).

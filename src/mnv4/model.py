@@ -9,13 +9,14 @@ Two widths, as in timm (and two timm issues, #2228 / #2290, from users who mixed
 - ``head_hidden_size`` = 1280: width of the pooled vector from ``forward_head(x, pre_logits=True)``.
 
 The forward pass compiles with ``torch.jit.script``, traces with ``torch.jit.trace``, ``torch.fx`` (and torchvision's
-``create_feature_extractor``), ``torch.export`` and the ONNX exporters. The input checks that turn a wrong tensor into
-one clear error run in eager mode (and inside an FX ``GraphModule``) and are invisible to every compiler: they sit
-in ``check_image_batch``, which FX keeps as one opaque call and the others skip.
+``create_feature_extractor``; the traced GraphModule scripts too), ``torch.export`` and the ONNX exporters. The input
+checks that turn a wrong tensor into one clear error run in eager mode (and inside an FX ``GraphModule``) and are
+invisible to every compiler: they sit in ``check_image_batch``, which FX keeps as one opaque call and the others skip.
 """
 
 from __future__ import annotations
 
+import typing
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -34,7 +35,10 @@ from .specs import FusedIB as FusedIBRow
 # sized for them); '' = none: the head's 1x1 conv, BN and activation run on the unpooled map (timm's behaviour).
 GLOBAL_POOLS = ("avg", "max", "")
 # What a features_only model returns: a list of maps (timm's default) or an OrderedDict keyed by level ("0".."4").
-FEATURE_CLASSES = ("list", "dict")
+# "getter" names timm's FeatureGetterNet, forward_intermediates(indices=out_indices, intermediates_only=True) on the
+# model pruned after the last level: the same maps as a features_only forward here, which runs forward_intermediates'
+# stage loop and stops at the last level, so it is the same list.
+FEATURE_CLASSES = ("list", "dict", "getter")
 # Where the maps stop shrinking: 32 = the classifier; 16 and 8 = dense-prediction backbones (TF Model Garden's
 # MobileNet ``output_stride``; DeepLab's "fast" and "accurate" fully convolutional modes).
 OUTPUT_STRIDES = (8, 16, 32)
@@ -291,7 +295,8 @@ class MobileNetV4(nn.Module):
         out_indices: which of the 5 levels (reductions 2, 4, 8, 16, 32) to return, shallow to deep; negatives count
             from the end; an int n = the last n levels.
         feature_cls: what a ``features_only`` model returns: ``"list"`` (default) or ``"dict"``, an ``OrderedDict``
-            keyed by level number as a string (``"0"``..``"4"``), the form torchvision's detection necks take.
+            keyed by level number as a string (``"0"``..``"4"``), the form torchvision's detection necks take;
+            ``"getter"`` (timm's feature-getter form over ``forward_intermediates``) is the same list as ``"list"``.
         attn_impl: ``"sdpa"`` or ``"math"`` for the Mobile MQA blocks (``set_attention_impl`` changes it later).
         output_stride: 32 (the classifier), or 16 / 8 for dense prediction: the strided convs of the later stages
             run at stride 1 and the convs after them are dilated (``row_geometry``), so the last map is H/16 or
@@ -328,8 +333,8 @@ class MobileNetV4(nn.Module):
             raise UserError("feature_cls only applies with features_only=True")
         if features_only and (feature_cls or "list") not in FEATURE_CLASSES:
             raise UserError(
-                f"feature_cls must be one of {FEATURE_CLASSES} (a list of maps, or an OrderedDict keyed '0'..'4'), "
-                f"got {feature_cls!r}"
+                f"feature_cls must be one of {FEATURE_CLASSES} (a list of maps, an OrderedDict keyed '0'..'4', or "
+                f"timm's getter form: a list), got {feature_cls!r}"
             )
         if out_indices is not None and not features_only:
             raise UserError("out_indices only applies with features_only=True (or use forward_intermediates)")
@@ -559,3 +564,10 @@ class MobileNetV4(nn.Module):
             if isinstance(m, MultiQueryAttention2d):
                 m.impl = impl
         return self
+
+
+# torch.fx copies forward's annotations into the code of a traced GraphModule. Under ``from __future__ import
+# annotations`` they are strings, which FX turns into global names TorchScript cannot resolve: scripting a traced model
+# (timm's test_model_forward_fx_torchscript) failed with "Unknown type name '_torch_Tensor_'". The evaluated types
+# script (the eager input check it records, ``check_image_batch``, compiles to nothing as in any scripted model).
+MobileNetV4.forward.__annotations__ = typing.get_type_hints(MobileNetV4.forward)

@@ -228,11 +228,35 @@ def hub_cache_dir() -> str | None:
     return None
 
 
+def hub_unreachable(tag: PretrainedTag) -> str | None:
+    """Why the hub cannot be reached right now (the error of one request), or None when it answers.
+
+    huggingface_hub retries a download that cannot connect, with back-off (~30 s with huggingface_hub 2.x), before
+    it gives up; one metadata request for the file, without retries, tells at once whether there is a network to
+    retry on. It goes where the download would go (``HF_ENDPOINT``, proxies, certificates), which a bare socket or
+    DNS probe would not see. Any HTTP answer, even 401 or 404, means the hub is there: the download then reports
+    what it said. A request that times out (``HF_HUB_ETAG_TIMEOUT``, default 10 s) counts as unreachable.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        get_hf_file_metadata(hf_hub_url(tag.hf_hub_id, HUB_FILENAME))
+    except HfHubHTTPError:
+        return None
+    except Exception as err:  # noqa: BLE001 -- requests (huggingface_hub < 1) and httpx (>= 1) raise different types
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"{type(err).__name__}: {first_line}" if first_line else type(err).__name__
+    return None
+
+
 def download(tag: PretrainedTag) -> Path:
     """Path of ``model.safetensors`` for a released tag: from the hub cache, downloading it when allowed.
 
-    Honours ``HF_HUB_OFFLINE=1`` (cache only), ``HF_HUB_CACHE`` / ``HF_HOME``. Nothing cached while offline (or no
-    network) raises one FileNotFoundError saying how to fetch the file or where to put it.
+    Honours ``HF_HUB_OFFLINE=1`` (cache only), ``HF_HUB_CACHE`` / ``HF_HOME``. Without ``HF_HUB_OFFLINE``, one request
+    (``hub_unreachable``) first checks that the hub answers; when it does not, only the cache is read, at once,
+    instead of huggingface_hub's retries. Nothing cached while offline (or no network) raises one FileNotFoundError
+    saying how to fetch the file or where to put it.
     """
     if not tag.released:
         raise UserError(
@@ -243,12 +267,15 @@ def download(tag: PretrainedTag) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     offline = _env_true("HF_HUB_OFFLINE") or constants.HF_HUB_OFFLINE
+    unreachable = None if offline else hub_unreachable(tag)
     cache_dir = hub_cache_dir()
     try:
-        return Path(hf_hub_download(tag.hf_hub_id, HUB_FILENAME, cache_dir=cache_dir, local_files_only=offline))
+        return Path(hf_hub_download(tag.hf_hub_id, HUB_FILENAME, cache_dir=cache_dir,
+                                    local_files_only=offline or unreachable is not None))
     except LocalEntryNotFoundError as err:
         where = cache_dir or constants.HF_HUB_CACHE
-        why = "HF_HUB_OFFLINE is set" if offline else f"the hub could not be reached ({type(err).__name__})"
+        reason = unreachable or type(err).__name__
+        why = "HF_HUB_OFFLINE is set" if offline else f"the hub could not be reached ({reason})"
         raise FileNotFoundError(
             f"weights for {tag.name} are not in the hub cache ({where}) and {why}. Fetch them on a machine with "
             f"network access: `hf download {tag.hf_hub_id} {HUB_FILENAME}` (huggingface_hub < 0.34: "

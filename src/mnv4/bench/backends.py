@@ -52,7 +52,8 @@ class Backend:
     description = ""
     device = "cpu"
     dtype = "fp32"
-    in_default_run = True  # False: slow to build (minutes per model); measured only when named in --backends
+    in_default_run = True  # False: slow to build; measured by `mnv4 bench --full`, or when named in --backends
+    setup_s_estimate = 1.0  # prepare + first call, per model: seconds on the reference machine (docs/bench.md)
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -79,6 +80,7 @@ def _torch_runner(model: nn.Module, example: torch.Tensor) -> Callable[[], objec
 class EagerBackend(Backend):
     name = "eager"
     description = "PyTorch eager, fp32, NCHW"
+    setup_s_estimate = 0.2
 
     def prepare(self, model, example, workdir, threads):
         return Prepared(_torch_runner(model.eval(), example.contiguous()))
@@ -105,6 +107,7 @@ def deploy_for_inference(model: nn.Module) -> tuple[nn.Module, str]:
 class DeployedBackend(Backend):
     name = "deployed"
     description = "PyTorch eager, BN folded, channels_last, fp32"
+    setup_s_estimate = 0.5
 
     def unavailable_reason(self):
         return import_failure("mnv4.deploy")
@@ -117,6 +120,7 @@ class DeployedBackend(Backend):
 class CompileBackend(Backend):
     name = "compile"
     description = "torch.compile (inductor) of the deployed model, channels_last, fp32"
+    setup_s_estimate = 15.0  # a cold inductor cache; its cache makes re-runs faster
 
     def unavailable_reason(self):
         if not hasattr(torch, "compile"):
@@ -140,6 +144,7 @@ class CompileBackend(Backend):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime CPU execution provider, fp32, graph optimisations on"
+    setup_s_estimate = 3.0
 
     def unavailable_reason(self):
         return import_failure("onnx", "onnxruntime", "onnxslim", "mnv4.export.onnx", extra="onnx")
@@ -166,6 +171,8 @@ class OnnxRuntimeBackend(Backend):
 class LiteRTBackend(Backend):
     name = "litert"
     description = "LiteRT (TFLite) interpreter, XNNPACK, fp32; exported by litert-torch (mnv4.export.litert)"
+    in_default_run = False  # the litert-torch conversion: ~26 s per model, 184 s of a 10-min default run
+    setup_s_estimate = 26.0
 
     def unavailable_reason(self):
         from ..export.toolkit_logs import quiet_toolkit_env
@@ -203,7 +210,8 @@ class ExecuTorchBackend(Backend):
 
     def __init__(self, int8: bool = False):
         self.int8 = int8
-        self.in_default_run = not int8  # PT2E calibration with histogram observers: about a minute per model
+        self.in_default_run = False  # lowering to XNNPACK: ~34 s per model (239 s of a 10-min default run); int8
+        self.setup_s_estimate = 60.0 if int8 else 34.0  # adds PT2E calibration with histogram observers
         self.dtype = "int8" if int8 else "fp32"
         self.name = "executorch-int8" if int8 else "executorch"
         self.description = (
@@ -246,6 +254,7 @@ class AOTInductorBackend(Backend):
     name = "aoti"
     description = "AOTInductor package (CPU, freezing) of the deployed model, channels_last, fp32"
     in_default_run = False  # compiling C++ takes minutes per model
+    setup_s_estimate = 90.0  # about a minute for Conv-S (docs/deploy.md), more for the large models
 
     def unavailable_reason(self):
         from ..export.aoti import compiler_missing
@@ -315,14 +324,19 @@ def all_backends() -> list[Backend]:
     ]
 
 
-def resolve_backends(names: Sequence[str] | None) -> tuple[list[Backend], dict[str, str]]:
-    """(backends to run, {name: why skipped}). ``None``: every backend of the default run (the slow-to-build ones,
-    ``in_default_run = False``, only when named). A backend that cannot run here (missing or broken package, no
-    GPU) is skipped with its reason and the others run; unknown names, or a list in which no backend can run,
-    raise a ``UserError``."""
+def default_backend_names(full: bool = False) -> list[str]:
+    """The backends a run without ``--backends`` measures: those of the default run, or with ``full`` every one (the
+    slow-to-build ones, ``in_default_run = False``, too)."""
+    return [b.name for b in all_backends() if full or b.in_default_run]
+
+
+def resolve_backends(names: Sequence[str] | None, full: bool = False) -> tuple[list[Backend], dict[str, str]]:
+    """(backends to run, {name: why skipped}). ``None``: ``default_backend_names(full)``. A backend that cannot run
+    here (missing or broken package, no GPU) is skipped with its reason and the others run; unknown names, or a list
+    in which no backend can run, raise a ``UserError``."""
 
     known = {b.name: b for b in all_backends()}
-    names = [n for n, b in known.items() if b.in_default_run] if names is None else list(dict.fromkeys(names))
+    names = default_backend_names(full) if names is None else list(dict.fromkeys(names))
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"unknown backend {', '.join(map(repr, unknown))}; choose from: {', '.join(known)}")

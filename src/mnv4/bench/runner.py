@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import sys
 import tempfile
 import time
@@ -15,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE
-from .backends import Backend, NotApplicable, resolve_backends
+from .backends import Backend, NotApplicable, all_backends, resolve_backends
 from .catalog import resolve_models
 from .environment import capture_environment, default_threads
 from .results import BenchRecord, BenchReport
@@ -25,7 +27,8 @@ from .timing import time_callable
 @dataclass
 class BenchConfig:
     models: Sequence[str] | None = None  # None: the five paper models + MobileNetV3-L/-S
-    backends: Sequence[str] | None = None  # None: every backend available here
+    backends: Sequence[str] | None = None  # None: the default run's backends available here (all of them with full)
+    full: bool = False  # with backends=None: also the slow-to-build backends (LiteRT, ExecuTorch, AOTInductor)
     threads: int | None = None  # None: one per physical core
     batch_size: int = 1
     warmup: int = 5
@@ -55,11 +58,32 @@ class BenchConfig:
                 f"--resolution must be >= {MIN_INPUT_SIZE}, got {self.resolution}",
             ),
             (all(b >= 1 for b in self.cuda_batch_sizes), f"CUDA batch sizes must be >= 1: {self.cuda_batch_sizes}"),
+            (not (self.full and self.backends), "--full runs every backend: leave out --backends, or drop --full"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
         return self
+
+
+# The duration estimate printed before a run: seconds on the reference machine, an idle 2-core AMD EPYC VM
+# (docs/bench.md, "How long it takes"), averaged over the default models at their paper resolutions; each backend adds
+# its own ``setup_s_estimate`` per model.
+MODEL_S_ESTIMATE = 2.0  # per model: building it with trained-like BN statistics, counting its MACs
+TIMED_SHARE = 0.5  # of the time budget per cell (--max-seconds): warm-up and timed runs; fast models stop sooner
+
+
+def expected_seconds(config: BenchConfig, backends: Sequence[Backend]) -> float:
+    """About how long ``run_benchmark`` takes with these backends, on the reference machine: a slower or busy CPU
+    takes longer."""
+    cells = sum((b.setup_s_estimate + TIMED_SHARE * config.max_seconds)
+                * len(b.batch_sizes(config.batch_size, config.cuda_batch_sizes)) for b in backends)
+    return len(resolve_models(config.models)) * (MODEL_S_ESTIMATE + cells)
+
+
+def full_sweep_backends() -> list[Backend]:
+    """What ``full=True`` measures on this machine, without importing any toolkit: the CUDA backends need a GPU."""
+    return [b for b in all_backends() if b.device == "cpu" or torch.cuda.is_available()]
 
 
 def _runs_within_budget(timing_probe_s: float, config: BenchConfig) -> int:
@@ -83,7 +107,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True, progress_stream: T
 
     config.validate()
     entries = resolve_models(config.models)
-    backends, skipped = resolve_backends(config.backends)
+    backends, skipped = resolve_backends(config.backends, config.full)
     threads = config.threads or default_threads()
     cells = [(e, b, bs) for e in entries for b in backends for bs in b.batch_sizes(config.batch_size,
                                                                                      config.cuda_batch_sizes)]
@@ -111,7 +135,10 @@ def run_benchmark(config: BenchConfig, progress: bool = True, progress_stream: T
                             dtype=backend.dtype, batch_size=batch, resolution=res, params=params, macs=macs,
                             top1=entry.top1, top1_source=entry.top1_source, threads=threads,
                         )
-                        records.append(_measure(record, backend, entry.build, batch, res, cell_dir, threads, config))
+                        # a fresh copy per cell: no backend sees another's rewrites (a copy, not a new build: that
+                        # would redo its BN calibration passes)
+                        fresh = functools.partial(copy.deepcopy, model)
+                        records.append(_measure(record, backend, fresh, batch, res, cell_dir, threads, config))
                         bar.update(1)
                 del model
     finally:
@@ -124,7 +151,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True, progress_stream: T
 def _measure(record: BenchRecord, backend: Backend, build, batch: int, res: int, workdir: Path, threads: int,
              config: BenchConfig) -> BenchRecord:
     torch.manual_seed(config.seed)
-    model = build()  # a fresh copy per backend: no backend sees another's rewrites
+    model = build()
     example = torch.randn(batch, 3, res, res)
     start = time.perf_counter()
     try:

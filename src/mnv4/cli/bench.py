@@ -22,9 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bench",
         help="latency of MNv4 vs MobileNetV3 on every runtime here; table, CSV/JSON, Pareto plot",
         description="Time the five paper models at their paper resolutions and torchvision's MobileNetV3-Large/-Small "
-        "(random init; nothing is downloaded) on every backend available here: PyTorch eager, deployed (BN folded, "
-        "channels_last), torch.compile, AOTInductor, ONNX Runtime, LiteRT, ExecuTorch (fp32 and int8), CUDA (fp32 "
-        "and bf16, with a batch-size sweep). "
+        "(random init; nothing is downloaded) on the runtimes available here. The default run (about 3 minutes on "
+        "an idle 2-core CPU; the expected duration is printed first): PyTorch eager, deployed (BN folded, "
+        "channels_last), torch.compile, ONNX Runtime, and CUDA (fp32 and bf16, with a batch-size sweep) on a GPU. "
+        "--full adds the backends that take minutes per model to build: LiteRT, ExecuTorch (fp32 and int8), "
+        "AOTInductor. "
         "Protocol: fixed threads, warm-up, many timed runs (capped by a time budget per cell), median and p90; "
         "export/compile time reported apart. Writes bench.csv, bench.json and bench_pareto.png into --out, and the "
         "toolkits' own log output into --out/toolkits.log.",
@@ -34,8 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "default: the five paper models + both MobileNetV3s")
     p.add_argument("--backends", type=_names, default=None,
                    help="comma-separated: eager, deployed, compile, aoti, onnxruntime, litert, executorch, "
-                   "executorch-int8, cuda-fp32, cuda-bf16; default: every one available here (one that cannot run "
-                   "here is skipped with the reason)")
+                   "executorch-int8, cuda-fp32, cuda-bf16; default: eager, deployed, compile, onnxruntime and the "
+                   "CUDA ones (one that cannot run here is skipped with the reason)")
+    p.add_argument("--full", action="store_true",
+                   help="the full sweep: every backend available here, also LiteRT, ExecuTorch (fp32, int8) and "
+                   "AOTInductor, which take half a minute to minutes per model to build (about half an hour on an "
+                   "idle 2-core CPU)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for every backend (default: one per physical core)")
     p.add_argument("--batch-size", type=int, default=1, help="CPU batch size (default 1, as on phones)")
@@ -56,11 +62,41 @@ def config_from_args(args: argparse.Namespace):
     from ..bench import BenchConfig
 
     overrides = {k: v for k, v in {
-        "models": args.models, "backends": args.backends, "threads": args.threads, "batch_size": args.batch_size,
+        "models": args.models, "backends": args.backends, "full": args.full or None, "threads": args.threads,
+        "batch_size": args.batch_size,
         "runs": args.runs, "warmup": args.warmup, "max_seconds": args.max_seconds, "resolution": args.resolution,
         "cuda_batch_sizes": args.cuda_batch_sizes,
     }.items() if v is not None}
     return (BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)).validate()
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+def plan_text(config) -> str:
+    """What the run will do and about how long it takes; for the default run, what it leaves out."""
+    from ..bench.backends import default_backend_names, resolve_backends
+    from ..bench.catalog import resolve_models
+    from ..bench.runner import expected_seconds, full_sweep_backends
+
+    backends, _ = resolve_backends(config.backends, config.full)
+    models = resolve_models(config.models)
+    lines = [f"expected duration: about {_duration(expected_seconds(config, backends))} on an idle 2-core x86 CPU "
+             f"(longer on a busy or slower one): {_count(len(models), 'model')} x {_count(len(backends), 'backend')} "
+             f"({', '.join(b.name for b in backends)})"]
+    if config.backends is None and not config.full:
+        left_out = [n for n in default_backend_names(full=True) if n not in default_backend_names()]
+        full = _duration(expected_seconds(config, full_sweep_backends()))
+        lines.append(f"the default run leaves out {', '.join(left_out)} (half a minute to minutes per model to "
+                     f"build): "
+                     f"`mnv4 bench --full` runs every backend available here (about {full}), or name some with "
+                     f"--backends")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -76,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.out.exists() and not args.out.is_dir():
         raise UserError(f"--out {args.out} exists and is not a folder")
+    print(plan_text(config), flush=True)
     # The toolkits' own log lines (TensorFlow/LiteRT, torch, torchao, ExecuTorch...) go to a file, not between the
     # progress bar and the table; the file is kept in --out when it holds anything.
     with tempfile.TemporaryDirectory(prefix="mnv4-bench-log-") as tmp:

@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
                           "results": [vars(r) for r in results]}, indent=2))
     else:
         print(f"model {args.model} ({weights}); preprocessing {cfg.describe()}")
-        if results and results[0].labels is None and any(r.ok for r in results):
+        answered = [r for r in results if r.ok]  # a failed file has no labels either way: it says nothing
+        if answered and answered[0].labels is None:
             print(f"no class names for a {model.num_classes}-class model: printing class indices")
         for r in results:
             if not r.ok:
