@@ -88,7 +88,7 @@ def test_bad_files_are_skipped_and_logged_once(messy_folder, caplog):
     dataset = ImageFolderDataset(messy_folder, train_transform(32, cfg), seed=0)
     assert len(dataset) == 10
     bad_log = BadFileLog()
-    with caplog.at_level(logging.WARNING, logger="mnv4.train.data"):
+    with caplog.at_level(logging.WARNING, logger="mnv4"):
         for epoch, workers in ((0, 0), (1, 2)):  # the second epoch through worker processes
             sampler = MicroBatchSampler(len(dataset), 5, 1, 0, 1, seed=0, epoch=epoch)
             loader = torch.utils.data.DataLoader(
@@ -101,7 +101,7 @@ def test_bad_files_are_skipped_and_logged_once(messy_folder, caplog):
                 assert all(not dataset.samples[i][0].endswith(BAD_FILES) for i in indices.tolist())
                 seen += len(labels)
             assert seen == 10
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.train.data"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.engine"]
     assert len(lines) == len(BAD_FILES), lines
     for name in BAD_FILES:
         assert sum(name in line for line in lines) == 1
@@ -216,7 +216,7 @@ def test_gpu_pipeline_code_on_cpu(messy_folder, caplog):
     bad_log = BadFileLog()
     bad_log(batch[4])  # the empty file fails in the worker already
     augment = GpuAugment(32, cfg, "cpu", bad_log=bad_log)
-    with caplog.at_level(logging.WARNING, logger="mnv4.train.data"):
+    with caplog.at_level(logging.WARNING, logger="mnv4"):
         torch.manual_seed(0)
         images, out_labels = augment(samples, labels)
         torch.manual_seed(0)
@@ -224,7 +224,7 @@ def test_gpu_pipeline_code_on_cpu(messy_folder, caplog):
     assert images.shape == (len(dataset), 3, 32, 32) and torch.isfinite(images).all()
     assert images.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(images, again)
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.train.data"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnv4.engine"]
     assert sum("corrupt.jpg" in x for x in lines) == 1 and sum("truncated.jpg" in x for x in lines) <= 1
     assert bad_log.count >= 2  # the empty file and the corrupt JPEG were met (and counted)
     assert out_labels.shape == labels.shape

@@ -182,7 +182,7 @@ def test_cli_sweep_writes_png(tmp_path, capsys):
         (["roofline", "mobilenetv4_conv_small", "--peak-macs", "1e9", "--peak-bw", "-5"], "positive finite"),
         (["roofline", "mobilenetv4_conv_small", "--peak-macs", "1e9"], "give both"),
         (["roofline", "mobilenetv4_conv_small", "--rp", "-1"], "ridge point"),
-        (["roofline"], "name a MODEL"),
+        (["roofline"], "name a model with --model"),
         (["roofline", "mobilenetv4_conv_small", "--sweep"], "--models"),
         (["roofline", "--sweep", "--max-rp", "0"], "--max-rp"),
     ],

@@ -249,8 +249,8 @@ def test_eval_samples_keep_the_mask_at_its_size_and_collate_stacks_what_it_can(f
 
 
 def test_undecodable_image_is_replaced_in_training_and_an_error_or_counted_in_evaluation(folder):
+    from mnv4.engine.metrics import BadFileLog
     from mnv4.segmentation import confusion_over
-    from mnv4.train.data import BadFileLog
 
     images, masks = folder
     data = load_mask_folder(images, masks, 4)

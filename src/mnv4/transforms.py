@@ -196,3 +196,13 @@ def eval_transform(cfg: DataConfig | Mapping):
             v2.Normalize(mean=list(cfg.mean), std=list(cfg.std)),
         ]
     )
+
+
+def randaugment_magnitude(tf_magnitude: float) -> int:
+    """TF's RandAugment level (0..10, where 10 is each op's maximum) -> torchvision's bin with 11 bins.
+
+    torchvision's op maxima equal TF's at level 10 (rotate 30 deg, shear 0.3, enhance 1 +- 0.9, posterize 4 bits,
+    solarize 0); TF extrapolates levels above 10 (the paper's m15 rotates up to 45 deg), torchvision cannot, so
+    levels above 10 are clamped to 10. Translation differs: TF uses a fixed pixel constant, torchvision 45% of size.
+    """
+    return int(min(max(round(tf_magnitude), 0), 10))

@@ -26,11 +26,13 @@ DEFAULT_MODEL = "mobilenetv4_conv_small"
 class Flag:
     """One command-line flag of a run's config: the flag, the config field it sets, its help. Its type comes from the
     field's annotation (``bool``: ``--flag/--no-flag``); it defaults to ``None``, "not given", so a recipe's value
-    stays unless the flag is on the command line."""
+    stays unless the flag is on the command line. ``aliases``: older spellings that still work, left out of the help
+    (the help shows one form)."""
 
     flag: str
     field: str
     help: str
+    aliases: tuple[str, ...] = ()
 
 
 # The flags the run commands share (mnv4 train, detect train, search, segment train), one help text each. A command's
@@ -90,11 +92,12 @@ def add_flag_table(p: argparse.ArgumentParser, table: list[Flag], config, set_ex
     field."""
     for row in table:
         kind = flag_type(config, row.field)
-        if kind is None:
-            p.add_argument(row.flag, dest=row.field, action=argparse.BooleanOptionalAction, default=None,
-                           help=row.help)
-        else:
-            p.add_argument(row.flag, dest=row.field, type=kind, default=None, help=row.help)
+        for flag, help_text in ((row.flag, row.help), *((alias, argparse.SUPPRESS) for alias in row.aliases)):
+            if kind is None:
+                p.add_argument(flag, dest=row.field, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+            else:
+                p.add_argument(flag, dest=row.field, type=kind, default=None, help=help_text)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help=f"set any {config.__name__} field (a TOML value), e.g. --set {set_example}")
 
@@ -121,6 +124,28 @@ def run_command(command: str, prog: str, argv: list[str] | None) -> int:
     return main([command, *(sys.argv[1:] if argv is None else argv)], prog=prog)
 
 
+def add_model_option(p: argparse.ArgumentParser, help_text: str, default: str | None = None,
+                     positional: bool = False) -> None:
+    """``--model NAME``: how every command names its model (variant, variant.tag or spec file). ``positional``: the
+    command used to take the model as its first argument; that spelling still works but is not in the help
+    (``model_name`` reads either)."""
+    if positional:
+        p.add_argument("model_positional", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--model", default=default, help=help_text)
+
+
+def model_name(args: argparse.Namespace, required: bool = True) -> str | None:
+    """The model ``--model`` (or the old positional spelling) names; a ``UserError`` when both disagree, or when none
+    is given and one is required."""
+    positional = getattr(args, "model_positional", None)
+    if positional and args.model and positional != args.model:
+        raise UserError(f"the model is named twice ({positional!r} and --model {args.model!r}); give --model once")
+    name = args.model or positional
+    if required and not name:
+        raise UserError("name the model with --model (a variant, variant.tag or spec file; see `mnv4 models`)")
+    return name
+
+
 def add_weights_args(p: argparse.ArgumentParser, random_weights: bool = False) -> None:
     """``--weights FILE`` (and ``--random-weights`` when the command offers it)."""
     p.add_argument("--weights", metavar="FILE", help="local weights (.safetensors, or .pth/.bin read with "
@@ -133,10 +158,10 @@ def add_weights_args(p: argparse.ArgumentParser, random_weights: bool = False) -
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model`` / ``--weights`` / ``--device`` and the preprocessing overrides, for ``predict`` and ``eval``."""
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL,
-        help="variant or variant.tag (see `mnv4 models`, mnv4.list_pretrained()); without --weights the tag's "
-        "weights come from the Hugging Face hub cache (a bare variant = its default tag). Default: %(default)s",
+    add_model_option(
+        p, "variant or variant.tag (see `mnv4 models`, mnv4.list_pretrained()); without --weights the tag's weights "
+        "come from the Hugging Face hub cache (a bare variant = its default tag). Default: %(default)s",
+        default=DEFAULT_MODEL,
     )
     add_weights_args(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default: %(default)s)")

@@ -12,7 +12,8 @@ from ._common import Flag, add_flag_table, flag_values, log_to_stderr, run_comma
 
 TRAIN_FLAGS: list[Flag] = [
     Flag("--arch", "arch", "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
-    Flag("--backbone", "backbone", "MobileNetV4 variant or variant.tag (mnv4 models)"),
+    Flag("--model", "backbone", "the MobileNetV4 backbone: variant, variant.tag or spec file (mnv4 models)",
+         aliases=("--backbone",)),
     *run_flags("pretrained", pretrained="backbone weights: 'true' (the tag's ImageNet weights) or a weights file"),
     Flag("--train-annotations", "train_annotations", "COCO instances JSON of the training set"),
     Flag("--train-images", "train_images", "folder the training JSON's file_name entries are relative to"),

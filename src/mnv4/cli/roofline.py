@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE
+from ._common import add_model_option, model_name
 
 
 def _names(text: str) -> list[str]:
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ridge point RP = PeakMACs/PeakBW (MACs/byte) changes rankings. Three modes: MODEL (per-layer table), "
         f"--sweep (RP 0..500, PNG), --fit bench.json (this machine's RP). Named profiles (paper Tab. 16): {profiles}.",
     )
-    p.add_argument("model", nargs="?", help="a model name for the per-layer table")
+    add_model_option(p, "a model (variant or spec file) for the per-layer table", positional=True)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--sweep", action="store_true", help="predicted latency of several models for RP 0..500")
     mode.add_argument("--fit", type=Path, metavar="RESULTS_JSON", help="fit this machine's RP to `mnv4 bench` output")
@@ -65,15 +66,17 @@ def run(args: argparse.Namespace) -> int:
     hardware = _hardware(args)
     if args.rp is not None and hardware is not None:
         raise UserError("--rp and --peak-macs/--peak-bw both set a ridge point; give one of them")
+    args.model = model_name(args, required=False)
     if args.model and (args.sweep or args.fit is not None):
-        raise UserError(f"MODEL ({args.model!r}) is for the per-layer table; with --sweep name models with --models, "
-                         "--fit takes its models from the results file")
+        raise UserError(f"--model ({args.model!r}) is for the per-layer table; with --sweep name models with "
+                        "--models, --fit takes its models from the results file")
     if args.fit is not None:
         return run_fit(args)
     if args.sweep:
         return run_sweep(args, hardware)
     if not args.model:
-        raise UserError("name a MODEL (per-layer table), or use --sweep or --fit RESULTS_JSON; see mnv4 roofline -h")
+        raise UserError("name a model with --model (per-layer table), or use --sweep or --fit RESULTS_JSON; see "
+                        "mnv4 roofline -h")
     return run_layers(args, hardware)
 
 

@@ -12,7 +12,8 @@ from ._common import Flag, add_flag_table, flag_values, log_to_stderr, run_comma
 
 TRAIN_FLAGS: list[Flag] = [
     Flag("--arch", "arch", "lraspp (torchvision's LR-ASPP, the phone-sized head) or deeplabv3 (ASPP)"),
-    Flag("--model", "model", "the MobileNetV4 backbone: variant, variant.tag or spec file (mnv4 models)"),
+    Flag("--model", "model", "the MobileNetV4 backbone: variant, variant.tag or spec file (mnv4 models)",
+         aliases=("--backbone",)),
     *run_flags("pretrained", pretrained="backbone weights: 'true' (the tag's ImageNet weights) or a weights file"),
     Flag("--train-images", "train_images", "folder of the training images (any depth)"),
     Flag("--train-masks", "train_masks", "folder of their PNG label masks, paired by relative name (mask folder)"),
@@ -64,7 +65,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--recipe", default=None, help="a shipped segmentation recipe or a .toml file")
     t.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
     add_flag_table(t, TRAIN_FLAGS, SegmentConfig, "hflip=false --set categories=[1,3]")
-    t.add_argument("--backbone", dest="model", default=None, help=argparse.SUPPRESS)  # the detect command's name
     t.set_defaults(func=run_train)
 
     e = seg_sub.add_parser("eval", help="mIoU, per-class IoU and pixel accuracy of a trained segmenter",

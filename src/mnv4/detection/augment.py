@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..train.data import randaugment_magnitude
+from ..transforms import randaugment_magnitude
 
 AUGMENTATIONS = ("paper", "ssd", "none")
 
@@ -28,7 +28,7 @@ class BoxRandAugment(v2.RandAugment):
     TranslateX/Y applied to the image and its boxes together (torchvision's RandAugment rejects boxes).
 
     ``num_ops`` ops per image, each applied with probability ``prob``; ``magnitude`` on TF's 0..10 scale (as the
-    classification recipes, ``mnv4.data.randaugment_magnitude``).
+    classification recipes, ``mnv4.transforms.randaugment_magnitude``).
     """
 
     _AUGMENTATION_SPACE = {

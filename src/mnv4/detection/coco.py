@@ -13,7 +13,7 @@ repairs and skips (counted in ``CocoData.report``, logged as warnings):
 - a box with zero or negative width/height, or entirely outside its image, is dropped from training and from the
   evaluation ground truth (no prediction can match it; predictions are clipped to the image);
 - an image whose file is missing is skipped (training and evaluation); a file that exists but cannot be decoded
-  is replaced by the next one during training and logged (``mnv4.data.BadFileLog``), as in classification;
+  is replaced by the next one during training and logged (``mnv4.engine.metrics.BadFileLog``), as in classification;
 - ``iscrowd=1`` annotations do not become training targets; COCOeval treats them as ignore regions;
 - a missing annotation ``id`` / ``area`` / ``iscrowd`` is filled in (sequential id, box area, 0); a missing image
   ``width``/``height`` is read from the file;
@@ -273,7 +273,8 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         from torchvision import tv_tensors
 
         from ..engine.seeds import AUG_STREAM, mix_seed
-        from ..train.data import DecodeError, load_rgb
+        from ..images import DecodeError
+        from ..images import load_image as load_rgb
 
         aug_epoch, index = key if isinstance(key, tuple) else (-1, key)
         bad = []

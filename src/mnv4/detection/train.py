@@ -25,9 +25,9 @@ from ..engine import Engine, Optimization, OptimizerSettings, RunPlan, Task, cla
 from ..engine.checkpoint import checkpoint_to_resume
 from ..engine.device import autocast, make_ema, place_model, run_scope
 from ..engine.distributed import DistContext, main_process_first
+from ..engine.metrics import BadFileLog
 from ..engine.seeds import MicroBatchSampler
 from ..errors import UserError
-from ..train.data import BadFileLog
 from .augment import train_transform
 from .coco import CocoData, CocoDetectionDataset, collate_detection, load_coco
 from .config import DetectConfig, detect_config_from_dict

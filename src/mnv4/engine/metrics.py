@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger("mnv4.engine")
@@ -78,3 +79,20 @@ class MetricLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class BadFileLog:
+    """Logs each undecodable file once per run (one line: path and reason), whichever worker or epoch met it, and
+    counts every time one was met (``count``: the loop reports the counts per epoch)."""
+
+    def __init__(self, what: str = "skipped undecodable image") -> None:
+        self.seen: set[str] = set()
+        self.what = what
+        self.count = 0
+
+    def __call__(self, entries: Sequence[tuple[str, str]]) -> None:
+        self.count += len(entries)
+        for path, reason in entries:
+            if path not in self.seen:
+                self.seen.add(path)
+                log.warning("%s %s (%s)", self.what, path, reason)

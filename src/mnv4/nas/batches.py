@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..engine.metrics import BadFileLog
 from ..engine.seeds import MicroBatchSampler, mix_seed
 from ..errors import UserError
-from ..train.data import BadFileLog, ImageFolderDataset, collate, train_transform
+from ..train.data import ImageFolderDataset, collate, train_transform
 from ..transforms import DataConfig, eval_transform
 
 HOLDOUT_STREAM, QUALITY_STREAM = 11, 12

@@ -27,9 +27,9 @@ from ..engine import Engine, Optimization, OptimizerSettings, RunPlan, Task, cla
 from ..engine.checkpoint import checkpoint_to_resume
 from ..engine.device import autocast, device_defaults, make_ema, place_model, run_scope
 from ..engine.distributed import DistContext, main_process_first
+from ..engine.metrics import BadFileLog
 from ..engine.seeds import MicroBatchSampler
 from ..errors import UserError
-from ..train.data import BadFileLog
 from .config import SegmentConfig, segment_config_from_dict
 from .data import (
     CocoMasks,

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..engine.metrics import BadFileLog  # noqa: F401 (re-exported: the pipelines return what it logs)
 from ..engine.seeds import AUG_STREAM, SampleKey, mix_seed
 from ..errors import UserError
 
@@ -32,6 +33,7 @@ from ..errors import UserError
 from ..images import IMAGE_EXTENSIONS as IMG_EXTENSIONS  # noqa: F401
 from ..images import DecodeError, scan_image_folder, to_rgb
 from ..images import load_image as load_rgb
+from ..transforms import randaugment_magnitude
 
 log = logging.getLogger("mnv4.train.data")
 
@@ -39,16 +41,6 @@ JPEG_MAGIC = b"\xff\xd8"
 
 
 # --------------------------------------------------------------------------------------------- transforms
-def randaugment_magnitude(tf_magnitude: float) -> int:
-    """TF's RandAugment level (0..10, where 10 is each op's maximum) -> torchvision's bin with 11 bins.
-
-    torchvision's op maxima equal TF's at level 10 (rotate 30 deg, shear 0.3, enhance 1 +- 0.9, posterize 4 bits,
-    solarize 0); TF extrapolates levels above 10 (the paper's m15 rotates up to 45 deg), torchvision cannot, so
-    levels above 10 are clamped to 10. Translation differs: TF uses a fixed pixel constant, torchvision 45% of size.
-    """
-    return int(min(max(round(tf_magnitude), 0), 10))
-
-
 def train_transform(size: int, cfg) -> object:
     """PIL image -> normalised float tensor: Inception crop, flip, RandAugment (each of ``randaug_layers`` ops applied
     with probability ``randaug_prob``, as TF's ``prob_to_apply``; torchvision's op set has no Cutout)."""
@@ -126,23 +118,6 @@ def collate(batch):
         torch.tensor(aug_epochs, dtype=torch.long),
         skipped,
     )
-
-
-class BadFileLog:
-    """Logs each undecodable file once per run (one line: path and reason), whichever worker or epoch met it, and
-    counts every time one was met (``count``: the loop reports the counts per epoch)."""
-
-    def __init__(self, what: str = "skipped undecodable image") -> None:
-        self.seen: set[str] = set()
-        self.what = what
-        self.count = 0
-
-    def __call__(self, entries: Sequence[tuple[str, str]]) -> None:
-        self.count += len(entries)
-        for path, reason in entries:
-            if path not in self.seen:
-                self.seen.add(path)
-                log.warning("%s %s (%s)", self.what, path, reason)
 
 
 # --------------------------------------------------------------------------------------------- mixing
