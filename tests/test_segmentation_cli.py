@@ -55,6 +55,7 @@ def train_args(shapes, out, *extra: str) -> list[str]:
     (["--lr", "nan"], "lr must be a finite number"),
     (["--set", "categories=[1, 1]"], "categories must be distinct"),
     (["--model", "mobilenetv4_conv_smal"], "unknown model 'mobilenetv4_conv_smal'"),
+    (["--backbone", "mobilenetv4_conv_smal"], "unknown model 'mobilenetv4_conv_smal'"),  # detect's old spelling
     (["--arch", "fcn"], "arch must be one of ('lraspp', 'deeplabv3')"),
 ])
 def test_train_bad_input_is_one_line_and_claims_nothing(shapes, tmp_path, capsys, extra, message):
@@ -92,7 +93,7 @@ def test_train_output_folder_problems_are_one_line(shapes, tmp_path, capsys):
 
 def test_list_recipes_and_a_recipes_values(capsys):
     assert main(["segment", "train", "--list-recipes"]) == 0
-    assert capsys.readouterr().out.split() == ["deeplabv3_torchvision", "lraspp_torchvision"]
+    assert capsys.readouterr().out.split() == ["deeplabv3_torchvision", "lraspp_torchvision", "shapes_proxy"]
     from mnv4.segmentation import load_segment_config
 
     cfg = load_segment_config("deeplabv3_torchvision", model="mobilenetv4_conv_small")
@@ -107,6 +108,7 @@ def test_list_recipes_and_a_recipes_values(capsys):
     ([], "give the labels: --masks DIR (PNG masks) or --annotations FILE"),
     (["--masks", "M", "--annotations", "A"], "give the labels"),
     (["--annotations", "A", "--split", "S"], "--split selects pairs of a mask folder"),
+    (["--masks", "M", "--batch-size", "0"], "--batch-size must be >= 1"),
 ])
 def test_eval_bad_input_is_one_line(segmenter_file, shapes, capsys, extra, message):
     args = ["segment", "eval", "--weights", str(segmenter_file), "--images", str(shapes.images("val")), *extra]

@@ -145,6 +145,10 @@ def eval_data(args: argparse.Namespace, spec):
 def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation import evaluate_segmenter, load_segmenter
 
+    if args.batch_size < 1 or args.workers < 0:
+        from ..errors import UserError
+
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     log_to_stderr()
     model, spec = load_segmenter(args.weights)
     data = eval_data(args, spec)

@@ -38,6 +38,7 @@ from .models import (
     lraspp_mobilenetv4,
     mobilenetv4_features,
     save_segmenter,
+    segmenter_spec,
     voc_palette,
 )
 from .predict import Segmentation, class_maps, mask_image, overlay, segment, write_predictions
@@ -77,6 +78,7 @@ __all__ = [
     "save_segmenter",
     "segment",
     "segmentation_loss",
+    "segmenter_spec",
     "train_segmenter",
     "train_transform",
     "voc_palette",

@@ -245,10 +245,9 @@ def save_segmenter(model: nn.Module, spec: SegmenterSpec, path: str | os.PathLik
     return os.fspath(path)
 
 
-def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
-    """A segmenter written by ``save_segmenter``: the model (eval mode) and its spec."""
+def segmenter_spec(path: str | os.PathLike) -> SegmenterSpec:
+    """The spec ``save_segmenter`` stored in ``path``'s metadata (the weights are not read)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -265,7 +264,14 @@ def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
         data = json.loads(meta[SPEC_KEY])
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: the {SPEC_KEY!r} metadata is not JSON ({err})") from None
-    spec = SegmenterSpec.from_dict(data, path)
+    return SegmenterSpec.from_dict(data, path)
+
+
+def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
+    """A segmenter written by ``save_segmenter``: the model (eval mode) and its spec."""
+    from safetensors.torch import load_file
+
+    spec = segmenter_spec(path)
     model = create_segmenter(spec)
     try:
         model.load_state_dict(load_file(path))
