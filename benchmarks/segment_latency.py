@@ -34,21 +34,13 @@ import torch
 from deploy_latency import interleaved_medians
 
 from mnv4.analysis import count_macs, count_params
-from mnv4.segmentation import SegmenterSpec, create_segmenter
+from mnv4.segmentation.summary import PUBLISHED, SEGMENTERS, build_segmenter, row_name
+from mnv4.segmentation.summary import REFERENCES as REFERENCE
 from mnv4.testing import make_nondegenerate
 
 NUM_CLASSES = 21
 SIZE = 512
-MNV4 = [
-    ("lraspp", "mobilenetv4_conv_small"),
-    ("lraspp", "mobilenetv4_conv_medium"),
-    ("lraspp", "mobilenetv4_conv_medium_seg"),
-    ("lraspp", "mobilenetv4_hybrid_medium"),
-    ("deeplabv3", "mobilenetv4_conv_medium"),
-]
-REFERENCE = {"lraspp": "lraspp_mobilenet_v3_large", "deeplabv3": "deeplabv3_mobilenet_v3_large"}
-# torchvision's weight metadata (COCO-VOC weights): parameters and "_ops" (GFLOPS at 520 px)
-PUBLISHED = {"lraspp_mobilenet_v3_large": (3_221_538, 2.086), "deeplabv3_mobilenet_v3_large": (11_029_328, 10.452)}
+MNV4 = SEGMENTERS  # the rows of `mnv4 segment models`
 
 
 class Logits(torch.nn.Module):
@@ -63,15 +55,9 @@ class Logits(torch.nn.Module):
 
 
 def build(name: str) -> torch.nn.Module:
-    """Segmenter in eval mode with trained-like BN statistics, for a row name."""
-    from torchvision.models import segmentation
-
-    torch.manual_seed(0)
-    if name in REFERENCE.values():
-        model = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
-    else:
-        arch, backbone = name.split(" ")
-        model = create_segmenter(SegmenterSpec(arch, backbone, NUM_CLASSES, output_stride=16))
+    """Segmenter in eval mode with trained-like BN statistics, for a row name (``mnv4.segmentation.summary``)."""
+    model = build_segmenter(name, NUM_CLASSES)
+    if name not in REFERENCE.values():
         model.backbone.body.set_attention_impl("math")  # what the ONNX export traces (same results as SDPA)
     return make_nondegenerate(model, input_size=(256, 256), batch_size=2, passes=1)
 
@@ -163,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
-    names = [f"{a} {b}" for a, b in MNV4]
+    names = [row_name(a, b) for a, b in MNV4]
     if args.only:
         names = [n for n in names if n in args.only]
     names += [ref for arch, ref in REFERENCE.items() if any(n.startswith(arch + " ") for n in names)]

@@ -248,12 +248,30 @@ def test_eval_samples_keep_the_mask_at_its_size_and_collate_stacks_what_it_can(f
     assert isinstance(mixed[0], list) and [m.shape for m in mixed[1]] == [(40, 48), (56, 40)]
 
 
-def test_undecodable_image_is_replaced_in_training_and_an_error_in_evaluation(folder):
+def test_undecodable_image_is_replaced_in_training_and_an_error_or_counted_in_evaluation(folder):
+    from mnv4.engine.metrics import BadFileLog
+    from mnv4.segmentation import confusion_over
+
     images, masks = folder
     data = load_mask_folder(images, masks, 4)
     (images / "b.png").write_bytes((images / "b.png").read_bytes()[:60])  # truncated after the header was read
     train = SegmentationDataset(data, train_transform(32, MEAN, STD))
     image, mask, index, _, bad = train[(0, 1)]
     assert index == 2 and len(bad) == 1 and bad[0][0].endswith("b.png")
-    with pytest.raises(UserError, match=r"b\.png"):
-        SegmentationDataset(data, EvalTransform(None, MEAN, STD), replace_bad=False)[1]
+    # evaluation never scores another image against b's mask: the sample comes back empty, collate leaves it out
+    evaluation = SegmentationDataset(data, EvalTransform(None, MEAN, STD), replace_bad=False)
+    image, mask, index, _, bad = evaluation[1]
+    assert image is None and mask is None and index == 1 and bad[0][0].endswith("b.png")
+    batch = collate_segmentation([evaluation[0], evaluation[1], evaluation[2]])
+    assert len(batch[0]) == 2 and batch[2].tolist() == [0, 2] and len(batch[3]) == 1
+
+    class Background(torch.nn.Module):  # predicts class 0 everywhere
+        def forward(self, x):
+            return {"out": torch.zeros(x.shape[0], 4, *x.shape[2:]).index_fill_(1, torch.tensor([0]), 1.0)}
+
+    loader = [collate_segmentation([evaluation[i]]) for i in range(len(evaluation))]
+    with pytest.raises(UserError, match=r"cannot evaluate: .*b\.png is not a readable image"):
+        confusion_over(Background(), loader, 4)
+    log = BadFileLog("skipped")
+    matrix = confusion_over(Background(), loader, 4, bad_log=log)
+    assert log.count == 1 and matrix.counts.sum() == sum((evaluation[i][1] != 255).sum() for i in (0, 2))

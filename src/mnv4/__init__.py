@@ -5,7 +5,7 @@ from .imagenet import imagenet_classes
 from .images import load_image
 from .model import MobileNetV4
 from .specs import MODEL_SPECS, ModelSpec
-from .synthetic import synthetic_shapes
+from .synthetic import synthetic_segmentation, synthetic_shapes
 from .transforms import DataConfig, data_config, eval_transform
 from .weights import list_pretrained
 
@@ -23,5 +23,6 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "load_image",
+    "synthetic_segmentation",
     "synthetic_shapes",
 ]

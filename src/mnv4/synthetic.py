@@ -14,8 +14,11 @@ capacity, where a data set like the 8x8 digits does not.
 
 The renderer is layered so that each object's per-pixel mask is available (``render``): every object is an
 anti-aliased alpha mask computed from a signed distance function, layers are composited back to front, and
-``Scenes.visible_masks`` gives what each object shows after the layers above it. A segmentation set can be drawn
-from the same scenes.
+``Scenes.visible_masks`` gives what each object shows after the layers above it.
+
+``synthetic_segmentation(root)`` draws a segmentation set from the same renderer (docs/segmentation.md): images and
+PNG label masks in the mask-folder layout ``mnv4 segment train`` reads, the background and five of the shapes (or
+any of them) as classes, every pixel labelled with the class of what covers most of it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,10 +276,12 @@ def _bar_alpha(rng: np.random.Generator, n: int, size: int, near: np.ndarray, wi
     return np.clip(0.5 - (dist - half[:, None, None]) * (size / 2), 0.0, 1.0)
 
 
-def render(labels: np.ndarray, size: int, rng: np.random.Generator, style: ShapesStyle = ShapesStyle()) -> Scenes:
+def render(labels: np.ndarray, size: int, rng: np.random.Generator, style: ShapesStyle = ShapesStyle(),
+           clutter_classes: np.ndarray | None = None) -> Scenes:
     """Render one scene per label (a class index of ``CLASSES``) with the draws of ``rng``. Layers: the clutter
     below the target, the target, the clutter above it, the occluder bar (alpha 0 where a scene has none); a scene
-    with fewer clutter objects than the most has empty (alpha 0) layers."""
+    with fewer clutter objects than the most has empty (alpha 0) layers. Clutter shapes are of any class, or of
+    ``clutter_classes`` (class indices) when given."""
     labels = np.asarray(labels, dtype=np.int64)
     n, st = len(labels), style
     background = _colours(rng, n, None, 0.0)
@@ -288,7 +293,10 @@ def render(labels: np.ndarray, size: int, rng: np.random.Generator, style: Shape
     most = st.clutter[1]
     on_top = rng.random((n, most)) < st.clutter_on_top
     present = np.arange(most)[None, :] < n_clutter[:, None]
-    clutter_classes = rng.integers(0, len(CLASSES), (n, most))
+    if clutter_classes is None:
+        clutter_classes = rng.integers(0, len(CLASSES), (n, most))
+    else:
+        clutter_classes = np.asarray(clutter_classes, dtype=np.int64)[rng.integers(0, len(clutter_classes), (n, most))]
     clutter_centres = rng.uniform(-0.85, 0.85, (n, most, 2)).astype(np.float32)
     clutter_radius = rng.uniform(*st.clutter_radius, (n, most)).astype(np.float32)
     has_bar = rng.random(n) < st.occluder_prob
@@ -342,20 +350,44 @@ class ShapesSet:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def split_images(count: int, size: int, seed: int, stream: int, style: ShapesStyle = ShapesStyle(),
-                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``start`` .. ``count - 1`` of one split as ((n, H, W, 3) uint8, (n,) labels). Image i has class
-    i mod 12 and comes from the random stream of its chunk of ``CHUNK`` images, so any range gives the same images."""
-    images, labels = [], []
+def split_scenes(count: int, size: int, seed: int, stream: int, style: ShapesStyle = ShapesStyle(),
+                 start: int = 0, classes: np.ndarray | None = None) -> Iterator[tuple[Scenes, slice]]:
+    """The scenes of images ``start`` .. ``count - 1`` of one split, a chunk at a time: (the chunk's scenes, the
+    slice of them in the range). Image i's target has class i mod 12 (or ``classes[i mod len(classes)]``, which then
+    are the clutter's classes too) and comes from the random stream of its chunk of ``CHUNK`` images, so any range
+    gives the same images."""
     for chunk in range(start // CHUNK, (count + CHUNK - 1) // CHUNK):
         lo, hi = chunk * CHUNK, min(count, (chunk + 1) * CHUNK)
         rng = np.random.default_rng([seed, stream, chunk, VERSION])
-        chunk_labels = np.arange(lo, (chunk + 1) * CHUNK) % len(CLASSES)
-        scenes = render(chunk_labels, size, rng, style)  # always the full chunk: the draws do not depend on count
-        keep = slice(max(start, lo) - lo, hi - lo)
+        if classes is None:
+            chunk_labels = np.arange(lo, (chunk + 1) * CHUNK) % len(CLASSES)
+        else:
+            chunk_labels = np.asarray(classes)[np.arange(lo, (chunk + 1) * CHUNK) % len(classes)]
+        # always the full chunk: the draws do not depend on count
+        scenes = render(chunk_labels, size, rng, style, classes)
+        yield scenes, slice(max(start, lo) - lo, hi - lo)
+
+
+def split_images(count: int, size: int, seed: int, stream: int, style: ShapesStyle = ShapesStyle(),
+                 start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``start`` .. ``count - 1`` of one split as ((n, H, W, 3) uint8, (n,) labels) (``split_scenes``)."""
+    images, labels = [], []
+    for scenes, keep in split_scenes(count, size, seed, stream, style, start):
         images.append(scenes.images[keep])
         labels.append(scenes.labels[keep])
     return np.concatenate(images), np.concatenate(labels)
+
+
+def _claim_root(root: Path, marker: Path, settings: dict, what: str) -> bool:
+    """True when ``root`` already holds this very set (``marker`` records its ``settings``); refuses a ``root``
+    holding anything else; else the set is to be written (False)."""
+    if marker.is_file():
+        if json.loads(marker.read_text()) == json.loads(json.dumps(settings)):
+            return True
+        raise UserError(f"{root} holds another {what} (see {marker}); pick an empty folder")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UserError(f"{root} exists and is not an empty folder; pick a new one for the {what}")
+    return False
 
 
 def synthetic_shapes(root: str | os.PathLike, train: int = 20_000, val: int = 5_000, size: int = 48, seed: int = 0,
@@ -377,12 +409,8 @@ def synthetic_shapes(root: str | os.PathLike, train: int = 20_000, val: int = 5_
         raise UserError(f"size must be >= 16 pixels, got {size}")
     out = ShapesSet(Path(root), train, val, size, seed, style)
     marker = out.root / "shapes.json"
-    if marker.is_file():
-        if json.loads(marker.read_text()) == json.loads(json.dumps(out.settings())):
-            return out
-        raise UserError(f"{out.root} holds another shapes set (see {marker}); pick an empty folder")
-    if out.root.exists() and (not out.root.is_dir() or any(out.root.iterdir())):
-        raise UserError(f"{out.root} exists and is not an empty folder; pick a new one for the shapes set")
+    if _claim_root(out.root, marker, out.settings(), "shapes set"):
+        return out
     for split, count, stream in (("train", train, TRAIN_STREAM), ("val", val, VAL_STREAM)):
         for name in CLASSES:
             (out.root / split / name).mkdir(parents=True, exist_ok=True)
@@ -393,3 +421,143 @@ def synthetic_shapes(root: str | os.PathLike, train: int = 20_000, val: int = 5_
                 Image.fromarray(image).save(path, compress_level=1)
     marker.write_text(json.dumps(out.settings(), indent=2) + "\n")  # last: a half-written folder is not "done"
     return out
+
+
+# --------------------------------------------------------------------------------------------- segmentation
+# The shapes a segmentation set labels by default: five whose silhouettes differ at a glance (round, three corners,
+# four, five points, a cross). A segmenter has to tell them apart inside as well as at the edge -- the middle of a
+# large disc looks like the middle of a large square -- which takes context; five classes keep that learnable in a
+# few CPU minutes (docs/segmentation.md), ``shapes=CLASSES`` gives all twelve.
+SEGMENTATION_SHAPES = ("disc", "triangle", "square", "star", "plus")
+SEG_TRAIN_STREAM, SEG_VAL_STREAM = 3, 4  # other draws than the shapes set's: its scenes are not reused
+# Scenes for segmentation: every object is labelled and LR-ASPP predicts at 1/8 of the input, so the objects are
+# larger than the classification set's (its clutter, radius 0.1, is 3 px across at 64 px) and fewer: one large shape
+# and up to two smaller ones, over or under it.
+SEGMENTATION_STYLE = ShapesStyle(target_radius=(0.45, 0.75), target_offset=0.3, clutter=(0, 2),
+                                 clutter_radius=(0.25, 0.4), occluder_prob=0.2)
+
+
+def scene_labels(scenes: Scenes, shapes: tuple[str, ...] = CLASSES) -> np.ndarray:
+    """(n, H, W) uint8 label masks of ``scenes``: each pixel gets the label of what covers most of it after the
+    layers above it (``Scenes.visible_masks``) -- a shape ``shapes[k]`` is label k + 1, the background and the
+    occluder bar (not a shape) 0. Anti-aliased edges go to the larger share; no pixel is left unlabelled."""
+    label_of = np.zeros(len(CLASSES) + 1, dtype=np.uint8)  # indexed by class + 1 (-1: no shape)
+    label_of[[CLASSES.index(name) + 1 for name in shapes]] = np.arange(1, len(shapes) + 1)
+    visible = scenes.visible_masks()
+    shares = np.concatenate([1 - visible.sum(1, keepdims=True), visible], axis=1)  # background first
+    top = shares.argmax(1)  # (n, H, W): 0 = background, j + 1 = layer j
+    classes = np.concatenate([np.full((len(scenes.classes), 1), -1), scenes.classes], axis=1) + 1
+    return label_of[np.take_along_axis(classes[:, :, None, None], top[:, None], axis=1)[:, 0]]
+
+
+@dataclass(frozen=True)
+class SegmentationSet:
+    """What ``synthetic_segmentation`` writes: ``<root>/<split>/images/<index>.png`` with its label mask
+    ``<root>/<split>/masks/<index>.png`` (a palette PNG: the pixel values are the labels of ``class_names``), and
+    ``<root>/classes.txt`` (one name per label)."""
+
+    root: Path
+    train: int
+    val: int
+    size: int
+    seed: int
+    shapes: tuple[str, ...] = SEGMENTATION_SHAPES
+    style: ShapesStyle = field(default_factory=lambda: SEGMENTATION_STYLE)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return ("background", *self.shapes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def settings(self) -> dict:
+        return {"generator": "mnv4.synthetic_segmentation", "version": VERSION, "train": self.train,
+                "val": self.val, "size": self.size, "seed": self.seed, "classes": list(self.class_names),
+                "style": self.style.to_dict()}
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def images(self, split: str) -> Path:
+        return self.root / split / "images"
+
+    def masks(self, split: str) -> Path:
+        return self.root / split / "masks"
+
+    @property
+    def classes_file(self) -> Path:
+        return self.root / "classes.txt"
+
+
+def segmentation_split(count: int, size: int, seed: int, stream: int, shapes: tuple[str, ...] = SEGMENTATION_SHAPES,
+                       style: ShapesStyle = SEGMENTATION_STYLE, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``start`` .. ``count - 1`` of one split of the segmentation set as ((n, H, W, 3) uint8, (n, H, W)
+    uint8 labels): image i's large shape is ``shapes[i mod len(shapes)]``, the smaller ones any of ``shapes``; like
+    ``split_images``, any range gives the same images."""
+    classes = np.array([CLASSES.index(name) for name in shapes])
+    images, labels = [], []
+    for scenes, keep in split_scenes(count, size, seed, stream, style, start, classes):
+        images.append(scenes.images[keep])
+        labels.append(scene_labels(scenes, shapes)[keep])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def synthetic_segmentation(root: str | os.PathLike, train: int = 2_000, val: int = 200, size: int = 64,
+                           seed: int = 0, shapes: tuple[str, ...] = SEGMENTATION_SHAPES,
+                           style: ShapesStyle | None = None) -> SegmentationSet:
+    """Write a segmentation set of shapes on textured canvases: ``root/{train,val}/images/<index>.png`` and their
+    label masks ``root/{train,val}/masks/<index>.png``, the layout ``mnv4 segment train --train-images
+    root/train/images --train-masks root/train/masks --num-classes 6`` reads; deterministic from ``seed``.
+
+    Classes (``SegmentationSet.class_names``): 0 the background (and the occluder bars, which are no shape), then
+    ``shapes`` (default ``SEGMENTATION_SHAPES``, five of ``synthetic_shapes``' twelve; ``CLASSES`` for all). Each
+    scene is one large shape among up to two smaller ones over or under it, sometimes crossed by a bar, on a plain or
+    textured background with pixel noise (``SEGMENTATION_STYLE``); every shape is labelled. Each pixel gets the label
+    of what covers most of it (``scene_labels``): there is no boundary band of 255s, every pixel is scored. The masks
+    are palette PNGs (VOC's colours; the values are the labels); ``root/classes.txt`` names the labels.
+
+    Idempotent and refuses to overwrite, like ``synthetic_shapes``. Smoke tests: ``synthetic_segmentation(tmp,
+    train=16, val=8, size=32)`` takes a fraction of a second."""
+    from PIL import Image
+
+    style = style or SEGMENTATION_STYLE
+    shapes = tuple(shapes)
+    unknown = [name for name in shapes if name not in CLASSES]
+    if unknown or not shapes or len(set(shapes)) != len(shapes):
+        raise UserError(f"shapes must be distinct names of {CLASSES}, got {shapes}")
+    if train < 1 or val < 1:
+        raise UserError(f"train and val need at least one image each, got {train} and {val}")
+    if size < 32:
+        raise UserError(f"size must be >= 32 pixels (the segmenters' smallest input), got {size}")
+    out = SegmentationSet(Path(root), train, val, size, seed, shapes, style)
+    marker = out.root / "segmentation.json"
+    if _claim_root(out.root, marker, out.settings(), "segmentation set"):
+        return out
+    palette = [v for c in range(out.num_classes) for v in _voc_colour(c)]
+    for split, count, stream in (("train", train, SEG_TRAIN_STREAM), ("val", val, SEG_VAL_STREAM)):
+        out.images(split).mkdir(parents=True, exist_ok=True)
+        out.masks(split).mkdir(parents=True, exist_ok=True)
+        for chunk in range(0, count, CHUNK):
+            images, labels = segmentation_split(min(count, chunk + CHUNK), size, seed, stream, shapes, style,
+                                                start=chunk)
+            for i, (image, mask) in enumerate(zip(images, labels, strict=True)):
+                Image.fromarray(image).save(out.images(split) / f"{chunk + i:06d}.png", compress_level=1)
+                drawn = Image.fromarray(mask, mode="P")
+                drawn.putpalette(palette)
+                drawn.save(out.masks(split) / f"{chunk + i:06d}.png")
+    out.classes_file.write_text("\n".join(out.class_names) + "\n")
+    marker.write_text(json.dumps(out.settings(), indent=2) + "\n")  # last: a half-written folder is not "done"
+    return out
+
+
+def _voc_colour(label: int) -> tuple[int, int, int]:
+    """Pascal VOC's colour of ``label`` (``mnv4.segmentation.voc_palette``, without importing torch here)."""
+    rgb, value = [0, 0, 0], label
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            rgb[channel] |= ((value >> channel) & 1) << shift
+        value >>= 3
+    return rgb[0], rgb[1], rgb[2]

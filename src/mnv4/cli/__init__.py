@@ -17,7 +17,7 @@ import pkgutil
 import sys
 
 # The order ``mnv4 --help`` lists sub-commands in; any other command module comes after these, by name.
-ORDER = ("models", "predict", "eval", "export", "bench", "roofline", "train", "search", "ablate", "detect")
+ORDER = ("models", "predict", "eval", "export", "bench", "roofline", "train", "search", "ablate", "detect", "segment")
 
 
 def command_modules() -> list[str]:

@@ -183,6 +183,18 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+def log_to_stderr(timestamps: bool = False) -> None:
+    """mnv4's log lines (data repairs and skips, training progress) on stderr, one line each: ``[time]
+    mnv4.<part>: message`` (a run's commands: ``detect``, ``segment``)."""
+    log = logging.getLogger("mnv4")
+    handler = next((h for h in log.handlers if isinstance(h, _StderrHandler)), None)
+    if handler is None:
+        handler = _StderrHandler()
+        log.addHandler(handler)
+    handler.setFormatter(logging.Formatter(("%(asctime)s " if timestamps else "") + "%(name)s: %(message)s"))
+    log.setLevel(logging.INFO)
+
+
 def show_mnv4_log() -> None:
     """Print mnv4's own log messages (a classifier reset, skipped images) as ``mnv4: ...`` lines, nobody else's."""
     log = logging.getLogger("mnv4")

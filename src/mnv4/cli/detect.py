@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 from ..detection.config import DetectConfig
-from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
+from ._common import Flag, add_flag_table, flag_values, log_to_stderr, run_command, run_flags
 from .export import add_format_args
 
 TRAIN_FLAGS: list[Flag] = [
@@ -109,36 +108,13 @@ def detect_config_from_args(args: argparse.Namespace) -> DetectConfig:
     return load_detect_config(args.recipe, **flag_values(args, TRAIN_FLAGS, DetectConfig))
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """A log handler writing to whatever ``sys.stderr`` is when a line is logged (pytest swaps it per test)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _logging(timestamps: bool = False) -> None:
-    """mnv4's log lines (data repairs and skips, training progress) on stderr, one line each."""
-    log = logging.getLogger("mnv4")
-    handler = next((h for h in log.handlers if isinstance(h, _CurrentStderr)), None)
-    if handler is None:
-        handler = _CurrentStderr()
-        log.addHandler(handler)
-    handler.setFormatter(logging.Formatter(("%(asctime)s " if timestamps else "") + "%(name)s: %(message)s"))
-    log.setLevel(logging.INFO)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from ..detection import list_detect_recipes, train_detector
 
     if args.list_recipes:
         print("\n".join(list_detect_recipes()))
         return 0
-    _logging(timestamps=True)
+    log_to_stderr(timestamps=True)
     result = train_detector(detect_config_from_args(args))
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items() if isinstance(v, float))
     print(f"done: {result.global_step} steps; {summary}; weights: {result.weights}")
@@ -148,7 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from ..detection import evaluate_detector, load_coco, load_detector
 
-    _logging()
+    log_to_stderr()
     options = {} if args.score_thresh is None else {"score_thresh": args.score_thresh}
     model, spec = load_detector(args.weights, **options)
     coco = load_coco(args.annotations, args.images)
@@ -169,7 +145,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from ..detection import detect, load_detector, write_predictions
 
-    _logging()
+    log_to_stderr()
     model, spec = load_detector(args.weights, score_thresh=args.score_thresh)
     results = detect(model, spec, args.images, args.score_thresh, args.device)
     write_predictions(results, args.out)

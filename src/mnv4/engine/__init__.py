@@ -13,7 +13,8 @@ Modules, from the bottom up (each imports only those above it in this list, and 
 - ``config``: ``RunConfig`` / ``SupervisedConfig`` (the fields runs share) and one check of every config's fields;
 - ``guard``: the NaN/inf stop before a bad value reaches the weights, BN statistics, optimiser or EMA;
 - ``metrics``: ``steps.csv`` / ``epochs.csv`` / TensorBoard, cut back to the step a run resumes from;
-- ``optim``: parameter groups, optimisers by name, warm-up + cosine, one optimiser step;
+- ``optim``: parameter groups, optimisers by name, LR schedules by name (warm-up + cosine or poly), one optimiser
+  step;
 - ``plan``: the step arithmetic (micro-batches, accumulation, steps per epoch, warm-up);
 - ``state``: ``RunState``, what a checkpoint holds;
 - ``resume``: the checks a checkpoint passes to continue a run, and ``best.pt`` repair;
@@ -26,7 +27,7 @@ from .config import RunConfig, SupervisedConfig, check_fields
 from .guard import NonFiniteError, NonFiniteGuard, NonFiniteLossError
 from .loop import Engine, Task
 from .metrics import MetricLog
-from .optim import Optimization, OptimizerSettings, WarmupCosine, param_groups
+from .optim import SCHEDULES, Optimization, OptimizerSettings, WarmupCosine, WarmupPoly, param_groups
 from .outputs import (
     check_output_file,
     check_output_folder,
@@ -53,10 +54,12 @@ __all__ = [
     "RunConfig",
     "RunPlan",
     "RunState",
+    "SCHEDULES",
     "ShardSampler",
     "SupervisedConfig",
     "Task",
     "WarmupCosine",
+    "WarmupPoly",
     "atomic_save",
     "check_fields",
     "check_output_file",

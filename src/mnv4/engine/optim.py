@@ -1,5 +1,5 @@
-"""The optimiser side of every run: parameter groups, the optimisers by name, the warm-up + cosine schedule, and one
-optimiser step (coupled L2, clipping, AMP scaling, the NaN guard)."""
+"""The optimiser side of every run: parameter groups, the optimisers by name, the LR schedules by name (warm-up +
+cosine, warm-up + poly), and one optimiser step (coupled L2, clipping, AMP scaling, the NaN guard)."""
 
 from __future__ import annotations
 
@@ -87,10 +87,28 @@ class WarmupCosine:
         return self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupPoly(WarmupCosine):
+    """LR factor: linear warm-up 0 -> 1 over ``warmup`` steps, then ``(1 - progress) ** power`` from 1 to ``alpha``
+    at ``total`` steps: DeepLab's "poly" policy, which torchvision's segmentation reference applies per step with
+    power 0.9 and no warm-up (``LambdaLR(lambda x: (1 - x / total_steps) ** 0.9)``)."""
+
+    power = 0.9
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.alpha + (1 - self.alpha) * (1 - progress) ** self.power
+
+
+# LR schedules by name: factor(step) of the peak LR over the run's steps
+SCHEDULES: dict[str, type[WarmupCosine]] = {"cosine": WarmupCosine, "poly": WarmupPoly}
+
+
 @dataclass
 class Optimization:
-    """The optimiser (fused on CUDA where it has a fused kernel), its warm-up + cosine schedule, the fp16 grad
-    scaler, clipping and the parameters coupled L2 applies to."""
+    """The optimiser (fused on CUDA where it has a fused kernel), its LR schedule (``SCHEDULES``: warm-up + cosine
+    unless ``schedule`` names another), the fp16 grad scaler, clipping and the parameters coupled L2 applies to."""
 
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -111,15 +129,18 @@ class Optimization:
         precision: str = "fp32",
         l2: float = 0.0,
         grad_clip: float | None = None,
+        schedule: str = "cosine",
     ) -> Optimization:
         if settings.name not in OPTIMIZERS:
             raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {settings.name!r}")
+        if schedule not in SCHEDULES:
+            raise UserError(f"lr schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         groups = param_groups(model, settings.weight_decay, settings.lr, settings.body_lr_scale)
         l2_params = [p for g in groups if g.pop("l2") for p in g["params"]]
         fused = device.type == "cuda" and settings.name in ("adamw", "adam")
         optimizer = OPTIMIZERS[settings.name](groups, settings, fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, WarmupCosine(warmup_steps, schedule_steps, min_lr_fraction)
+            optimizer, SCHEDULES[schedule](warmup_steps, schedule_steps, min_lr_fraction)
         )
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         return cls(optimizer, scheduler, scaler, l2_params, l2, grad_clip)

@@ -6,10 +6,14 @@
   optional FCN aux head); ``SegmenterSpec`` + ``create_segmenter``, ``save_segmenter`` / ``load_segmenter``.
 - Data: ``load_mask_folder`` (images + PNG label masks, VOC-style, 255 = ignore), ``load_coco_masks`` (COCO instances
   JSON -> semantic masks), ``SegmentationDataset`` with ``train_transform`` / ``EvalTransform``.
-- Training pieces: ``segmentation_loss``; metrics from one ``ConfusionMatrix`` (mIoU, per-class IoU, pixel
-  accuracy); ``evaluate_segmenter``; ``segment`` + ``write_predictions`` (raw masks and coloured overlays).
+- Training: ``SegmentConfig`` (recipes in ``mnv4/recipes/segmentation``, ``load_segment_config``) and
+  ``train_segmenter`` on the shared run engine (``mnv4.engine``), with ``segmentation_loss``; metrics from one
+  ``ConfusionMatrix`` (mIoU, per-class IoU, pixel accuracy); ``evaluate_segmenter``; ``segment`` +
+  ``write_predictions`` (raw masks and coloured overlays); ``segmenter_table`` (params and MACs next to
+  torchvision's MobileNetV3 segmenters). The command line: ``mnv4 segment`` (``python -m mnv4.segmentation``).
 """
 
+from .config import SegmentConfig, list_segment_recipes, load_segment_config, load_segment_recipe
 from .data import (
     IGNORE_INDEX,
     CocoMasks,
@@ -34,9 +38,11 @@ from .models import (
     lraspp_mobilenetv4,
     mobilenetv4_features,
     save_segmenter,
+    segmenter_spec,
     voc_palette,
 )
 from .predict import Segmentation, class_maps, mask_image, overlay, segment, write_predictions
+from .train import SegmentationTask, SegmentTrainResult, train_segmenter
 
 __all__ = [
     "IGNORE_INDEX",
@@ -45,7 +51,10 @@ __all__ = [
     "EvalTransform",
     "MaskFolder",
     "MobileNetV4Features",
+    "SegmentConfig",
+    "SegmentTrainResult",
     "SegmentationDataset",
+    "SegmentationTask",
     "Segmentation",
     "SegmentationMetrics",
     "SegmenterSpec",
@@ -56,7 +65,10 @@ __all__ = [
     "deeplabv3_mobilenetv4",
     "evaluate_segmenter",
     "load_coco_masks",
+    "list_segment_recipes",
     "load_mask_folder",
+    "load_segment_config",
+    "load_segment_recipe",
     "load_segmenter",
     "lraspp_mobilenetv4",
     "mask_image",
@@ -66,6 +78,8 @@ __all__ = [
     "save_segmenter",
     "segment",
     "segmentation_loss",
+    "segmenter_spec",
+    "train_segmenter",
     "train_transform",
     "voc_palette",
     "write_predictions",

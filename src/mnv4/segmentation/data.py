@@ -339,16 +339,17 @@ def train_transform(
     scale_range: tuple[float, float] = (0.5, 2.0),
     hflip: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    base_size: int | None = None,
 ):
     """Joint image + mask augmentation (torchvision's segmentation reference): resize so the shorter side is
-    ``size`` times a random factor in ``scale_range`` (masks by nearest neighbour), a random ``size`` x ``size``
-    crop padded with 0 (image) and ``ignore_index`` (mask) where the image is smaller, a random horizontal flip;
-    then the image as normalised float. (image, mask) as ``tv_tensors`` -> (float (3, size, size), int64 (size,
-    size))."""
+    ``base_size`` (default: ``size``) times a random factor in ``scale_range`` (masks by nearest neighbour), a random
+    ``size`` x ``size`` crop padded with 0 (image) and ``ignore_index`` (mask) where the image is smaller, a random
+    horizontal flip; then the image as normalised float. (image, mask) as ``tv_tensors`` -> (float (3, size, size),
+    int64 (size, size)). torchvision's reference: ``base_size`` 520 (its evaluation size), crop ``size`` 480."""
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
-    lo, hi = (max(1, round(size * s)) for s in scale_range)
+    lo, hi = (max(1, round((base_size or size) * s)) for s in scale_range)
     if not 0 < lo <= hi:
         raise UserError(f"scale_range must be two positive factors, low to high, got {scale_range!r}")
     ops: list = [
@@ -384,8 +385,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     seeded by ``(seed, aug_epoch, index)`` alone. A plain ``int`` key (``aug_epoch = -1``) means evaluation: no
     randomness. ``transform(image, mask)`` takes ``tv_tensors.Image`` (uint8) and ``tv_tensors.Mask`` (int64).
     An image that cannot be decoded is replaced by the next decodable one and reported in ``bad_files``
-    (``replace_bad=True``, training); with ``replace_bad=False`` (evaluation) it raises its ``DecodeError``: scoring
-    one image's prediction against another's mask would be wrong.
+    (``replace_bad=True``, training); with ``replace_bad=False`` (evaluation) the sample comes back without image and
+    mask (``None``), the file in ``bad_files``: scoring one image's prediction against another's mask would be wrong,
+    so ``collate_segmentation`` leaves it out and the evaluation decides (``confusion_over``: an error, or skipped and
+    counted).
     """
 
     def __init__(self, data: MaskFolder | CocoMasks, transform, seed: int = 0, replace_bad: bool = True):
@@ -407,9 +410,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
             try:
                 image, labels = self.data.load(i)
             except DecodeError as err:
-                if not self.replace_bad:
-                    raise
                 bad.append((self.data.name(i), str(err)))
+                if not self.replace_bad:
+                    return None, None, i, aug_epoch, tuple(bad)
                 continue
             image = tv_tensors.Image(pil_to_tensor(image))
             mask = tv_tensors.Mask(torch.from_numpy(labels))
@@ -425,12 +428,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
 def collate_segmentation(batch):
     """(images, masks, indices, skipped files): images and masks stacked when they share a size (training crops),
-    else lists (evaluation at each image's own size)."""
-    images, masks, indices, _, bad = zip(*batch, strict=True)
+    else lists (evaluation at each image's own size). Evaluation samples whose image could not be decoded (no image)
+    are left out; their files are in the skipped list."""
+    skipped = [entry for sample in batch for entry in sample[4]]
+    kept = [sample for sample in batch if sample[0] is not None]
+    if not kept:
+        return [], [], torch.zeros(0, dtype=torch.long), skipped
+    images, masks, indices, _, _ = zip(*kept, strict=True)
 
     def stack(tensors):
         same = all(t.shape == tensors[0].shape for t in tensors)
         return torch.stack(tensors) if same else list(tensors)
 
-    skipped = [entry for entries in bad for entry in entries]
     return stack(images), stack(masks), torch.tensor(indices, dtype=torch.long), skipped

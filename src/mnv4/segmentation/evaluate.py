@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .data import CocoMasks, EvalTransform, MaskFolder, SegmentationDataset, collate_segmentation
 from .metrics import ConfusionMatrix, SegmentationMetrics
 from .models import SegmenterSpec
@@ -22,12 +23,17 @@ from .predict import class_maps
 
 @torch.no_grad()
 def confusion_over(model: nn.Module, loader, num_classes: int, ignore_index: int = 255,
-                   device: str | torch.device = "cpu") -> ConfusionMatrix:
+                   device: str | torch.device = "cpu", bad_log=None) -> ConfusionMatrix:
     """The confusion matrix of ``model`` (put in eval mode) over a loader of ``collate_segmentation`` batches of
-    evaluation samples (``EvalTransform``: images resized, masks at their own size). Not reduced across ranks."""
+    evaluation samples (``EvalTransform``: images resized, masks at their own size). Not reduced across ranks.
+
+    An image that cannot be decoded is never scored: without ``bad_log`` it is a ``UserError`` naming the file
+    (``mnv4 segment eval``); with one (training's validation, a ``BadFileLog``) it is logged and counted there and
+    the metrics are over the other images."""
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index, device)
-    for images, masks, _, _ in loader:
+    for images, masks, _, bad in loader:
+        (bad_log or _fail_on_bad_file)(bad)
         images, masks = list(images), list(masks)
         start = 0
         while start < len(images):  # runs of equal-sized images, one forward each
@@ -42,6 +48,13 @@ def confusion_over(model: nn.Module, loader, num_classes: int, ignore_index: int
     return matrix
 
 
+def _fail_on_bad_file(bad: list[tuple[str, str]]) -> None:
+    if bad:
+        path, reason = bad[0]
+        raise UserError(f"cannot evaluate: {path} is not a readable image ({reason}); fix the file or leave it out of "
+                        "the data (a split file)")
+
+
 def evaluate_segmenter(
     model: nn.Module,
     data: MaskFolder | CocoMasks,
@@ -52,13 +65,14 @@ def evaluate_segmenter(
     resize: bool = True,
     world_size: int = 1,
     rank: int = 0,
+    bad_log=None,
 ) -> SegmentationMetrics:
     """mIoU, per-class IoU and pixel accuracy of ``model`` on ``data`` (see the module docstring for the protocol).
 
     Under torchrun each rank scores its shard and the counts are summed over ranks, so every rank returns the
-    metrics of the whole data set. An image that cannot be decoded raises its ``DecodeError`` naming the file."""
+    metrics of the whole data set. An image that cannot be decoded is an error naming the file, or, with
+    ``bad_log``, skipped and counted there (``confusion_over``)."""
     from ..engine.seeds import ShardSampler
-    from ..errors import UserError
 
     if (data.num_classes, data.ignore_index) != (spec.num_classes, spec.ignore_index):
         raise UserError(f"{data.source} has {data.num_classes} classes and ignore index {data.ignore_index}, the "
@@ -69,5 +83,5 @@ def evaluate_segmenter(
     sampler = ShardSampler(len(dataset), batch_size, world_size, rank)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                          collate_fn=collate_segmentation)
-    matrix = confusion_over(model, loader, spec.num_classes, spec.ignore_index, device)
+    matrix = confusion_over(model, loader, spec.num_classes, spec.ignore_index, device, bad_log)
     return matrix.all_reduce().compute()

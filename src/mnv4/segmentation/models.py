@@ -30,6 +30,7 @@ from torchvision.models.segmentation.lraspp import LRASPP
 from ..errors import UserError
 from ..factory import create_model
 from ..model import OUTPUT_STRIDES, MobileNetV4
+from ..specs import ModelSpec, get_spec, is_spec_file, spec_from_dict, spec_to_dict
 
 ARCHITECTURES = ("lraspp", "deeplabv3")
 LOW_LEVEL = 2  # the /8 map: LR-ASPP's low-level input and DeepLabV3's aux input (torchvision's "C2" on MobileNetV3)
@@ -60,7 +61,7 @@ class MobileNetV4Features(nn.Module):
 
 
 def mobilenetv4_features(
-    backbone: str | os.PathLike,
+    backbone: str | os.PathLike | ModelSpec,
     levels: dict[int, str],
     pretrained: bool | str | os.PathLike = False,
     output_stride: int = 16,
@@ -76,7 +77,7 @@ def mobilenetv4_features(
 
 
 def lraspp_mobilenetv4(
-    backbone: str | os.PathLike = "mobilenetv4_conv_medium",
+    backbone: str | os.PathLike | ModelSpec = "mobilenetv4_conv_medium",
     num_classes: int = 21,
     pretrained_backbone: bool | str | os.PathLike = False,
     output_stride: int = 16,
@@ -92,7 +93,7 @@ def lraspp_mobilenetv4(
 
 
 def deeplabv3_mobilenetv4(
-    backbone: str | os.PathLike = "mobilenetv4_conv_medium",
+    backbone: str | os.PathLike | ModelSpec = "mobilenetv4_conv_medium",
     num_classes: int = 21,
     pretrained_backbone: bool | str | os.PathLike = False,
     output_stride: int = 16,
@@ -140,9 +141,12 @@ class SegmenterSpec:
     ``num_classes`` counts every label the model predicts (the background too); ``ignore_index`` (255) marks pixels
     no loss or metric sees, so labels run 0..num_classes-1 < ``ignore_index``. ``classes``: names in label order
     (empty: "class 0", ...); ``palette``: an RGB triple per class for drawn masks (empty: VOC's colours).
-    ``image_size``: the square crop training uses and the side of the shorter edge evaluation resizes to.
+    ``image_size``: the side of the shorter edge evaluation and prediction resize to (and training's default crop).
     ``mean``/``std``: the input normalisation (None: the backbone tag's, filled in on creation). ``aux``: DeepLabV3
     only, the FCN head on the /8 map. ``atrous_rates``: DeepLabV3's ASPP rates (None: by output stride).
+    ``backbone_spec``: the layer table of a spec-file backbone (``mnv4.specs.spec_to_dict``), filled in on creation
+    from the file ``backbone`` names, so that saved weights rebuild without it. ``categories``: for a segmenter
+    trained on COCO, the category id of each label 1..K (evaluation reads a COCO file the same way).
     """
 
     arch: str = "lraspp"
@@ -158,9 +162,12 @@ class SegmenterSpec:
     ignore_index: int = 255
     mean: list[float] | None = None
     std: list[float] | None = None
+    backbone_spec: dict | None = None
+    categories: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         from ..transforms import data_config
+        from ..weights import default_cfg
 
         if self.arch not in ARCHITECTURES:
             raise UserError(f"segmenter architecture must be one of {ARCHITECTURES}, got {self.arch!r}")
@@ -179,10 +186,22 @@ class SegmenterSpec:
             raise UserError(f"palette must give {self.num_classes} RGB triples in 0..255")
         if not isinstance(self.image_size, int) or self.image_size < 32:
             raise UserError(f"image_size must be an int >= 32, got {self.image_size!r}")
+        if self.categories and len(self.categories) != self.num_classes - 1:
+            raise UserError(f"{len(self.categories)} COCO categories for labels 1..{self.num_classes - 1}")
+        if self.backbone_spec is None and is_spec_file(self.backbone):  # the table travels with the weights
+            self.backbone_spec = spec_to_dict(get_spec(self.backbone))
         if self.mean is None or self.std is None:
-            cfg = data_config(os.fspath(self.backbone))
+            source = self.backbone_model()
+            cfg = data_config(default_cfg(source) if isinstance(source, ModelSpec) else source)
             self.mean = list(cfg.mean) if self.mean is None else self.mean
             self.std = list(cfg.std) if self.std is None else self.std
+
+    def backbone_model(self) -> str | ModelSpec:
+        """What ``mnv4.create_model`` builds the backbone from: the embedded table of a spec-file backbone (the
+        file need not exist any more), else the variant or tag name."""
+        if self.backbone_spec is not None:
+            return spec_from_dict(self.backbone_spec, f"the backbone table of segmenter {self.backbone!r}")
+        return os.fspath(self.backbone)
 
     def class_names(self) -> list[str]:
         return list(self.classes) or [f"class {i}" for i in range(self.num_classes)]
@@ -206,10 +225,11 @@ class SegmenterSpec:
 def create_segmenter(spec: SegmenterSpec, pretrained_backbone: bool | str | os.PathLike = False,
                      drop_path_rate: float = 0.0) -> nn.Module:
     """The segmenter ``spec`` describes; ``pretrained_backbone`` loads ImageNet weights into its backbone."""
+    backbone = spec.backbone_model()
     if spec.arch == "lraspp":
-        return lraspp_mobilenetv4(spec.backbone, spec.num_classes, pretrained_backbone, spec.output_stride,
+        return lraspp_mobilenetv4(backbone, spec.num_classes, pretrained_backbone, spec.output_stride,
                                   spec.inter_channels, drop_path_rate)
-    return deeplabv3_mobilenetv4(spec.backbone, spec.num_classes, pretrained_backbone, spec.output_stride, spec.aux,
+    return deeplabv3_mobilenetv4(backbone, spec.num_classes, pretrained_backbone, spec.output_stride, spec.aux,
                                  spec.atrous_rates, drop_path_rate)
 
 
@@ -225,10 +245,9 @@ def save_segmenter(model: nn.Module, spec: SegmenterSpec, path: str | os.PathLik
     return os.fspath(path)
 
 
-def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
-    """A segmenter written by ``save_segmenter``: the model (eval mode) and its spec."""
+def segmenter_spec(path: str | os.PathLike) -> SegmenterSpec:
+    """The spec ``save_segmenter`` stored in ``path``'s metadata (the weights are not read)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -245,7 +264,14 @@ def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
         data = json.loads(meta[SPEC_KEY])
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: the {SPEC_KEY!r} metadata is not JSON ({err})") from None
-    spec = SegmenterSpec.from_dict(data, path)
+    return SegmenterSpec.from_dict(data, path)
+
+
+def load_segmenter(path: str | os.PathLike) -> tuple[nn.Module, SegmenterSpec]:
+    """A segmenter written by ``save_segmenter``: the model (eval mode) and its spec."""
+    from safetensors.torch import load_file
+
+    spec = segmenter_spec(path)
     model = create_segmenter(spec)
     try:
         model.load_state_dict(load_file(path))
