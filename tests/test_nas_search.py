@@ -123,6 +123,16 @@ def test_search_writes_spec_summary_history_and_python_table(digits, tmp_path):
         spec.stages, spec.stem, spec.resolution, spec.head_hidden)
 
 
+def test_joint_stage_searches_every_decision_in_one_supernet(digits, tmp_path):
+    result = search(config(digits, tmp_path / "joint", steps=4, stage="joint", fix_expansion=4))
+    assert result.complete and [s.stage for s in result.stages] == ["joint"] and len(result.history) == 4
+    searched = set(result.probabilities)
+    assert {"s0.width", "s0.depth", "s0.b0.start_dw", "s0.b0.mid_dw"} <= searched
+    assert not any(name.endswith("expand") for name in searched)
+    assert all(row.expand == 4 for stage in result.spec.stages[1:-1] for row in stage)
+    assert SPACE.contains(result.spec)
+
+
 def test_supernet_trains_on_offline_soft_labels(digits, tmp_path):
     """The paper trains the supernet on an offline distillation set: labels from `--precompute-soft-labels` for
     the very crops the search re-creates (same seed and augmentation), refused for other crop settings."""

@@ -14,7 +14,8 @@ FLAGS: list[Flag] = [
     *run_flags("out", out="output folder: spec file, search.json, history.csv, search.png, checkpoints (a new "
                           "search refuses a folder that holds another run: --resume auto continues it)"),
     Flag("--name", "name", "name of the found architecture (default mnv4_nas_<space>)"),
-    Flag("--stage", "stage", "coarse (widths, depths), fine (DW slots, expansions) or both (default)"),
+    Flag("--stage", "stage", "coarse (widths, depths), fine (DW slots, expansions), both (default: coarse, then "
+                             "fine) or joint (every decision in one stage, as TuNAS)"),
     Flag("--base", "base", "--stage fine: keep this architecture's widths/depths (variant or spec file; default: "
                            "the space's paper model)"),
     Flag("--fix-expansion", "fix_expansion", "fine stage: every expansion at this value (the paper: 4)"),

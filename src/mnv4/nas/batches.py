@@ -126,6 +126,17 @@ class SupernetData:
                 yield images, labels, teacher
                 step += 1
 
+    def held_out_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole held-out part in a fixed order, ``batch_size`` images at a time, through the evaluation
+        protocol: what scores a trained supernet's paths (``mnv4.nas.ranking``)."""
+        subset = _Subset(self.eval_set, self.held_out)
+        for start in range(0, len(subset), batch_size):
+            images, labels, _, _, bad = collate([subset[(-1, i)] for i in range(start, min(len(subset),
+                                                                                              start + batch_size))])
+            self.bad_log(bad)
+            if images is not None:
+                yield images, labels
+
     def quality_batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Held-out (images, labels) for global steps ``start`` .. ``stop - 1``. A held-out part small enough
         (< ``CACHE_BYTES`` decoded) is decoded once and kept: its transform has no randomness."""

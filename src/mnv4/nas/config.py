@@ -27,7 +27,7 @@ from ..roofline import BYTES_PER_ELEMENT, NAMED_PROFILES
 from ..specs import MIN_INPUT_SIZE, check_spec_name
 from .controller import REWARDS
 
-STAGES = ("coarse", "fine", "both")
+STAGES = ("coarse", "fine", "both", "joint")
 OPTIMIZERS = ("adamw", "rmsprop")
 QUALITY_BN = ("batch", "running")
 COSTS = ("roofline", "latency-table")
@@ -44,7 +44,9 @@ class SearchConfig(RunConfig):
     data: str = ""  # ImageFolder root with train/<class>/* (a held-out part of train/ scores the architectures)
     out: str = "runs/search"
     name: str = ""  # name of the found architecture (default mnv4_nas_<space>)
-    stage: str = "both"  # 'coarse' (widths, depths), 'fine' (DW slots, expansions) or 'both' (coarse, then fine)
+    # 'coarse' (widths, depths), 'fine' (DW slots, expansions), 'both' (coarse, then fine: the paper's) or 'joint'
+    # (every decision in one stage: TuNAS's single-stage search)
+    stage: str = "both"
     base: str | None = None  # 'fine' alone: the architecture whose widths/depths stay (variant or spec file)
     fix_expansion: float | None = None  # the paper's fine stage keeps every expansion at 4; None searches them
 

@@ -5,8 +5,9 @@ architecture is scored on a held-out batch (top-1 = quality Q); its cost T comes
 r = Q + beta |T/T0 - 1| (or MnasNet's forms) updates the controller by REINFORCE against the baseline.
 
 Stages (paper §6.1): 'coarse' searches the stage widths and depths with every block an IB e4 k3; 'fine' keeps those
-and searches each block's start/middle DW slots (and expansions, unless fixed). Each stage trains its own supernet
-from scratch for the same number of steps; the result of a stage is the argmax of every decision.
+and searches each block's start/middle DW slots (and expansions, unless fixed); 'joint' searches every decision in
+one stage (TuNAS's own single-stage search). Each stage trains its own supernet from scratch for the same number of
+steps; the result of a stage is the argmax of every decision.
 
 Under ``torchrun`` each process samples its own architecture and trains on its share of the batch; gradients of the
 shared weights are averaged over the processes (a tensor that no process used stays untouched, as in a single
@@ -116,15 +117,16 @@ def resolve_target(cfg: SearchConfig, cost, resolution: int) -> float:
 
 def stage_controller(space: SearchSpace, stage: str, cfg: SearchConfig, start: Arch) -> Controller:
     """The controller of ``stage``: coarse searches widths and depths with IB e4 k3 blocks; fine searches the
-    block decisions of ``start``'s widths and depths (expansions fixed with ``cfg.fix_expansion``)."""
+    block decisions of ``start``'s widths and depths; joint searches everything at once (expansions fixed with
+    ``cfg.fix_expansion`` in fine and joint)."""
     if stage == "coarse":
         fixed = space.coarse_blocks(start)
         searched = [i for i, d in enumerate(space.decisions) if d.kind in COARSE_KINDS]
     else:
-        fixed, kinds = start, FINE_KINDS
+        fixed, kinds = start, FINE_KINDS + (COARSE_KINDS if stage == "joint" else ())
         if cfg.fix_expansion is not None:
             fixed = space.with_values(start, {d.key: cfg.fix_expansion for d in space.decisions if d.kind == EXPAND})
-            kinds = tuple(k for k in FINE_KINDS if k != EXPAND)
+            kinds = tuple(k for k in kinds if k != EXPAND)
         searched = [i for i, d in enumerate(space.decisions) if d.kind in kinds]
     return Controller(space, searched, fixed)
 
@@ -276,8 +278,8 @@ class _Search:
         self.resolution = cfg.resolution or self.space.resolution
         self.target = resolve_target(cfg, self.cost, self.resolution)
         self.start = fine_start(self.space, cfg) if cfg.stages == ("fine",) else self.space.largest()
-        if cfg.fix_expansion is not None and "fine" in cfg.stages:  # fail before any work, not at the fine stage
-            stage_controller(self.space, "fine", cfg, self.start)
+        if cfg.fix_expansion is not None and cfg.stages[-1] != "coarse":  # fail before any work, not at that stage
+            stage_controller(self.space, cfg.stages[-1], cfg, self.start)
         self.data = SupernetData(cfg.data, cfg, cfg.image_size or self.resolution, ctx.world_size, ctx.rank)
         self.steps = cfg.steps or self.data.steps_for(cfg.epochs)
         self.results: list[StageResult] = []
