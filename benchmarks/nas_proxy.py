@@ -20,8 +20,9 @@ images (one image = 0.02 points). What runs, two processes of one torch thread a
    on the 2,000 images the search holds out of train/. Kendall tau against stand-alone top-1 over the cost range and
    within each +-5% band, with bootstrap 90% intervals; also for the search's own per-step signal (one held-out batch
    of 4 x the training batch with that batch's BN statistics).
-3. Search vs random: `mnv4 search` at each target (the default two stages, each supernet trained as long as one
-   stand-alone training, TuNAS's schedule: warm-ups and RL delay of 25%, RL batch 4 x the training batch); the found
+3. Search vs random: `mnv4 search` at each target (the default two stages, coarse then fine, each supernet trained
+   half as long as one stand-alone training, so that the whole search trains as long as one stand-alone model:
+   TuNAS's budget; TuNAS's schedule: warm-ups and RL delay of 25%, RL batch 4 x the training batch); the found
    architecture trained stand-alone with seeds 0 and 1; found - random median with a bootstrap 90% interval, and the
    found model's percentile among the random ones.
 
@@ -240,8 +241,11 @@ class Proxy:
         return future
 
     def search_config(self, name: str, target: float, **changes) -> dict:
+        """``mnv4 search``'s settings: the supernet trains for one stand-alone training in all (TuNAS's budget), so
+        each of the default search's two stages gets half of it; the one-stage ranking supernet all of it."""
+        stages = 2 if changes.get("stage", "both") == "both" else 1  # 'both' = coarse, then fine
         values = dict(SEARCH, data=str(self.shapes.root), out=str(self.work / "runs" / name), name=name,
-                      target=target, epochs=self.plan.epochs, seed=0)
+                      target=target, epochs=self.plan.epochs / stages, seed=0)
         values.update(self.args.search_set)
         values.update(changes)
         return values
