@@ -23,8 +23,10 @@ def test_models_json_lists_paper_models_first(capsys):
 
 
 def test_every_command_names_its_model_with_model_and_the_old_spellings_still_work(capsys):
-    """One way in the help (--model); the positional of roofline/export and detect's --backbone still read."""
+    """One way in the help (--model); the positional of roofline/export and detect's / segment's --backbone still
+    read."""
     from mnv4.cli import build_parser
+    from mnv4.cli._common import model_name
     from mnv4.cli.detect import detect_config_from_args
 
     assert main(["roofline", "--model", "mobilenetv4_conv_small", "--top", "2"]) == 0
@@ -38,7 +40,13 @@ def test_every_command_names_its_model_with_model_and_the_old_spellings_still_wo
         a = detect_config_from_args(parser.parse_args(["detect", "train", *old]))
         b = detect_config_from_args(parser.parse_args(["detect", "train", *new]))
         assert a.backbone == b.backbone == "mobilenetv4_hybrid_medium"
-    for command in (["roofline"], ["detect", "train"], ["train"], ["eval"], ["predict"]):
+    a = parser.parse_args(["export", "mobilenetv4_conv_small", "--out", "m.onnx"])
+    b = parser.parse_args(["export", "--model", "mobilenetv4_conv_small", "--out", "m.onnx"])
+    assert model_name(a) == model_name(b) == "mobilenetv4_conv_small"
+    assert main(["export", "--random-weights", "--out", "m.onnx"]) == 2  # no model: one line, nothing written
+    assert "name the model with --model" in capsys.readouterr().err
+    for command in (["roofline"], ["export"], ["detect", "train"], ["segment", "train"], ["train"], ["eval"],
+                    ["predict"]):
         with_help = []
         try:
             main([*command, "--help"])

@@ -222,7 +222,7 @@ def load_model(args: argparse.Namespace, name: str | None = None, **kwargs):
     if args.weights is not None and random_weights:
         raise UserError("choose one of --weights FILE and --random-weights")
     check_input_file(args.weights, "--weights")
-    name = name or args.model
+    name = name or model_name(args)
     offer = " or --random-weights (latency and structure work)" if hasattr(args, "random_weights") else ""
     if random_weights:
         from ..testing import make_nondegenerate

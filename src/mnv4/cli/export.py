@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..export.quantize import ORT_INT8_WEIGHTS
 from ..export.registry import FORMATS
-from ._common import add_weights_args, check_input_file, load_model
+from ._common import add_model_option, add_weights_args, check_input_file, load_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "not written (exit 1). Core ML predictions need macOS; elsewhere the program's structure is checked. "
         "Without --weights the tag's released weights are exported (from the Hugging Face hub cache).",
     )
-    p.add_argument("model", help="variant or variant.tag (see `mnv4 models`)")
+    add_model_option(p, "variant or variant.tag (see `mnv4 models`)", positional=True)
     add_format_args(p)
     add_weights_args(p, random_weights=True)
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the weights')")
