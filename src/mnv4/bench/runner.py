@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ class BenchConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
             (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
-            (self.max_seconds > 0, f"the time budget per cell must be > 0 s, got {self.max_seconds}"),
+            (0 < self.max_seconds < math.inf,
+             f"the time budget per cell must be a finite number > 0 s, got {self.max_seconds}"),
             (
                 self.resolution is None or self.resolution >= MIN_INPUT_SIZE,
                 f"--resolution must be >= {MIN_INPUT_SIZE}, got {self.resolution}",

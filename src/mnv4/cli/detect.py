@@ -8,7 +8,19 @@ import json
 import sys
 
 from ..detection.config import DetectConfig
-from ._common import Flag, add_flag_table, flag_values, log_to_stderr, run_command, run_flags
+from ._common import (
+    BATCH,
+    COUNT,
+    OPSET,
+    SCORE,
+    TOLERANCE,
+    Flag,
+    add_flag_table,
+    flag_values,
+    log_to_stderr,
+    run_command,
+    run_flags,
+)
 from .export import add_format_args
 
 TRAIN_FLAGS: list[Flag] = [
@@ -58,9 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_arg(e)
     e.add_argument("--annotations", required=True, help="COCO instances JSON")
     e.add_argument("--images", required=True, help="folder the JSON's file_name entries are relative to")
-    e.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    e.add_argument("--workers", type=int, default=2, help="data-loader workers (default: %(default)s)")
-    e.add_argument("--score-thresh", type=float, default=None, help="override the detector's score threshold")
+    e.add_argument("--batch-size", type=BATCH, default=8, help="images per forward (default: %(default)s)")
+    e.add_argument("--workers", type=COUNT, default=2, help="data-loader workers (default: %(default)s)")
+    e.add_argument("--score-thresh", type=SCORE, default=None, help="override the detector's score threshold")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
     e.set_defaults(func=run_eval)
 
@@ -70,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_weights_arg(r)
     r.add_argument("--out", default="detections", help="output folder (default: %(default)s)")
-    r.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this "
+    r.add_argument("--score-thresh", type=SCORE, default=0.3, help="keep detections scoring at least this "
                    "(default: %(default)s)")
     r.set_defaults(func=run_predict)
 
@@ -84,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_format_args(x, out_help="output file (.onnx)")
     x.add_argument("--verify-images", nargs="+", metavar="IMAGE", default=None,
                    help="images to compare the exported file with PyTorch on (default: no comparison, a warning)")
-    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
-    x.add_argument("--tolerance", type=float, default=None,
+    x.add_argument("--opset", type=OPSET, default=18, help="ONNX opset (default: %(default)s)")
+    x.add_argument("--tolerance", type=TOLERANCE, default=None,
                    help="max relative difference of boxes and scores accepted (default 1e-3)")
     x.set_defaults(func=run_export)
 
