@@ -140,11 +140,14 @@ def run_eval(args: argparse.Namespace) -> int:
     options = {} if args.score_thresh is None else {"score_thresh": args.score_thresh}
     model, spec = load_detector(args.weights, **options)
     coco = load_coco(args.annotations, args.images)
-    if [c["id"] for c in coco.categories] != [c["id"] for c in spec.categories]:
+    ours, theirs = ([(c["id"], str(c["name"])) for c in cats] for cats in (spec.categories, coco.categories))
+    if ours != theirs:  # the label map: ids alone would score "cat" boxes as "dog" where a file swaps the names
         from ..errors import UserError
 
-        raise UserError(f"{args.annotations} has categories {[c['id'] for c in coco.categories][:10]}..., the "
-                        f"detector was trained on {[c['id'] for c in spec.categories][:10]}...; they must match")
+        differ = next((a, b) for a, b in zip([*ours, None], [*theirs, None], strict=False) if a != b)
+        raise UserError(f"{args.annotations} has other categories than the detector was trained on (first "
+                        f"difference: {differ[1]} in the file, {differ[0]} in the detector; id, name); they must "
+                        "match")
     metrics = evaluate_detector(model.to(args.device), coco, args.device, args.batch_size, args.workers)
     print(f"{spec.arch} / {spec.backbone} on {args.annotations}: {metrics.num_images} images, "
           f"{metrics.num_detections} detections")
