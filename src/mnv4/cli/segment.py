@@ -186,7 +186,12 @@ def eval_data(args: argparse.Namespace, spec):
         return load_mask_folder(args.images, args.masks, spec.num_classes, args.split)
     if args.split:
         raise UserError("--split selects pairs of a mask folder; with --annotations the COCO file lists the images")
-    return load_coco_masks(args.annotations, args.images, spec.categories or None, args.crowd)
+    data = load_coco_masks(args.annotations, args.images, spec.categories or None, args.crowd)
+    if spec.categories and spec.classes and data.class_names[1:] != spec.classes[1:]:
+        # the label map is ids and names: ids alone would score a file that names them otherwise as if it matched
+        raise UserError(f"{args.annotations} names the segmenter's category ids {spec.categories} "
+                        f"{data.class_names[1:]}, the segmenter was trained on {spec.classes[1:]}; they must match")
+    return data
 
 
 def run_eval(args: argparse.Namespace) -> int:
