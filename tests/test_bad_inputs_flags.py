@@ -122,3 +122,22 @@ def test_library_export_config_refuses_non_finite_thresholds(tmp_path):
         ExportConfig(format="onnx", out=tmp_path / "m.onnx", precision="int8", calib=calib,
                      min_sqnr_db=float("inf")).validate()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["roofline", "--sweep", "--models", "mobilenetv4_conv_small", "--out", "DIR"], "is a folder; give a file name"),
+    (["roofline", "--sweep", "--models", "mobilenetv4_conv_small", "--out", "FILE/x.png"], "is a file, not a folder"),
+    (["bench", "--quick", "--models", "mobilenetv4_conv_small", "--backends", "eager", "--out", "FILE/b"],
+     "is a file, not a folder"),
+    (["detect", "predict", "x.png", "--weights", "W.safetensors", "--out", "FILE"], "is a file; give a folder"),
+])
+def test_output_paths_are_checked_before_the_work(argv, expected, tmp_path, capsys):
+    """These used to fail with a traceback when the first file was written: after the sweep, after the whole
+    benchmark, after the detector ran."""
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "FILE").write_text("mine")
+    argv = [str(tmp_path / a) if a.startswith(("DIR", "FILE")) else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "FILE"] and (tmp_path / "FILE").read_text() == "mine"

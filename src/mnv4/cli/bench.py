@@ -105,12 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import format_table, run_benchmark, write_csv, write_json
     from ..bench.catalog import REFERENCE_MODEL, catalog_entry
     from ..bench.results import format_environment, format_throughput
-    from ..errors import UserError
+    from ..engine.outputs import check_output_folder
     from ..export.toolkit_logs import toolkit_logs_to
 
     config = config_from_args(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} exists and is not a folder")
+    check_output_folder(args.out)  # a file, a folder under a file, not writable: before the run, not after it
     print(plan_text(config), flush=True)
     # The toolkits' own log lines (TensorFlow/LiteRT, torch, torchao, ExecuTorch...) go to a file, not between the
     # progress bar and the table; the file is kept in --out when it holds anything.

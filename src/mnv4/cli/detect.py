@@ -159,7 +159,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..detection import detect, load_detector, write_predictions
+    from ..engine.outputs import check_output_folder
 
+    check_output_folder(args.out)  # before the model is loaded and any image is read
     log_to_stderr()
     model, spec = load_detector(args.weights, score_thresh=args.score_thresh)
     results = detect(model, spec, args.images, args.score_thresh, args.device)

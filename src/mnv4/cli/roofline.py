@@ -63,6 +63,10 @@ def _hardware(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:  # before the sweep, not when the plot is saved
+        from ..engine.outputs import check_output_file
+
+        check_output_file(args.out)
     hardware = _hardware(args)
     if args.rp is not None and hardware is not None:
         raise UserError("--rp and --peak-macs/--peak-bw both set a ridge point; give one of them")
