@@ -178,3 +178,31 @@ def test_bench_goes_on_when_a_backend_fails_to_import(tmp_path, monkeypatch, cap
     row = next(line for line in captured.out.splitlines() if line.startswith("MNv4-Conv-S"))
     assert "failed" not in row and len(row.split()) == 6  # label, res, params, MACs, top-1, eager
     assert (out / "bench.csv").is_file()
+
+
+def test_bench_marks_a_model_that_cannot_be_built_failed_and_measures_the_others(tmp_path, monkeypatch, capsys):
+    """A spec file whose forward pass would need ~150 GiB, between two good models, named by a relative path (its
+    cells' scratch folders used to be named after it): its cells fail with the size it would need; the good models
+    before and after it are measured and written (the run used to stop at it, losing the first model's numbers)."""
+    import json
+
+    from mnv4.specs import CONV_SMALL, spec_to_dict
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "huge.json").write_text(json.dumps({**spec_to_dict(CONV_SMALL), "name": "huge", "resolution": 60000}))
+    (specs / "mine.json").write_text(json.dumps({**spec_to_dict(CONV_SMALL), "name": "mine"}))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    code = main(["bench", "--quick", "--models", "mobilenetv4_conv_small,specs/huge.json,specs/mine.json",
+                 "--backends", "eager", "--threads", "1", "--resolution", "32", "--no-plot", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    rows = {line.split()[0]: line.split() for line in captured.out.splitlines()
+            if line.split() and line.split()[0] in ("MNv4-Conv-S", "huge", "mine")}
+    assert rows["huge"][2:4] == ["-", "-"] and rows["huge"][-1] == "failed"
+    assert float(rows["MNv4-Conv-S"][-1]) > 0 and float(rows["mine"][-1]) > 0
+    assert "failed: huge on eager: not built: huge would need" in captured.out and "GiB" in captured.out
+    records = json.loads((out / "bench.json").read_text())["results"]
+    assert [(r["label"], r["status"]) for r in records] == [("MNv4-Conv-S", "ok"), ("huge", "failed"), ("mine", "ok")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "specs"]  # no scratch folder beside the specs

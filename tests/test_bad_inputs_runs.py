@@ -167,6 +167,46 @@ def test_a_corrupt_validation_image_is_skipped_and_counted_not_fatal(coco, tmp_p
     assert list_checkpoints(out) and (out / "model.safetensors").exists()
 
 
+def test_detect_eval_refuses_a_file_that_names_the_detectors_ids_otherwise(coco, tmp_path, capsys):
+    """The label map is ids and names: a COCO file with the detector's ids but its names swapped (its "0" is the
+    detector's "1") used to be scored as if it matched, every box counted under the other class."""
+    import json
+
+    from mnv4.detection import DetectorSpec, create_detector, save_detector
+
+    annotations, images = coco
+    categories = json.loads(annotations.read_text())["categories"]
+    swapped = [{"id": c["id"], "name": other["name"]} for c, other in zip(categories, categories[::-1], strict=True)]
+    assert [c["id"] for c in swapped] == [c["id"] for c in categories] and swapped != categories
+    torch.manual_seed(0)
+    spec = DetectorSpec("retinanet", "mobilenetv4_conv_small", 3, 64, 16, swapped)
+    weights = save_detector(create_detector(spec).eval(), spec, tmp_path / "det.safetensors")
+    one_line_error(["detect", "eval", "--weights", str(weights), "--annotations", str(annotations), "--images",
+                    str(images), "--workers", "0"], capsys, "other categories than the detector was trained on")
+
+
+def test_segment_eval_refuses_a_file_that_names_the_segmenters_ids_otherwise(coco, tmp_path, capsys):
+    """As for detectors: a COCO-trained segmenter's label map is its category ids and their names."""
+    import json
+
+    from mnv4.segmentation import SegmenterSpec, create_segmenter, save_segmenter
+
+    annotations, images = coco
+    data = json.loads(annotations.read_text())
+    for ann in data["annotations"]:  # polygons from the boxes: segment eval needs masks
+        x, y, w, h = ann["bbox"]
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    with_masks = tmp_path / "masks.json"
+    with_masks.write_text(json.dumps(data))
+    ids, names = [c["id"] for c in data["categories"]], [c["name"] for c in data["categories"]]
+    torch.manual_seed(0)
+    spec = SegmenterSpec("lraspp", "mobilenetv4_conv_small", 3, image_size=32, inter_channels=8,
+                         classes=["background", *names[::-1]], categories=ids)
+    weights = save_segmenter(create_segmenter(spec).eval(), spec, tmp_path / "seg.safetensors")
+    one_line_error(["segment", "eval", "--weights", str(weights), "--annotations", str(with_masks), "--images",
+                    str(images), "--workers", "0"], capsys, "the segmenter was trained on")
+
+
 # ----------------------------------------------------------------------------------------------- shared artefacts
 def test_soft_labels_are_refused_for_another_data_set(tiny_digits, tmp_path, capsys):
     """Labels are looked up by image index: a file made from one image fewer would shift every label by one."""

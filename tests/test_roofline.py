@@ -178,10 +178,10 @@ def test_cli_sweep_writes_png(tmp_path, capsys):
     "argv, message",
     [
         (["roofline", "mobilenetv4_conv_smal"], "unknown model"),
-        (["roofline", "mobilenetv4_conv_small", "--peak-macs", "0", "--peak-bw", "1e9"], "positive finite"),
-        (["roofline", "mobilenetv4_conv_small", "--peak-macs", "1e9", "--peak-bw", "-5"], "positive finite"),
+        (["roofline", "mobilenetv4_conv_small", "--peak-macs", "0", "--peak-bw", "1e9"], "--peak-macs must be > 0"),
+        (["roofline", "mobilenetv4_conv_small", "--peak-macs", "1e9", "--peak-bw", "-5"], "--peak-bw must be > 0"),
         (["roofline", "mobilenetv4_conv_small", "--peak-macs", "1e9"], "give both"),
-        (["roofline", "mobilenetv4_conv_small", "--rp", "-1"], "ridge point"),
+        (["roofline", "mobilenetv4_conv_small", "--rp", "-1"], "--rp must be >= 0"),
         (["roofline"], "name a model with --model"),
         (["roofline", "mobilenetv4_conv_small", "--sweep"], "--models"),
         (["roofline", "--sweep", "--max-rp", "0"], "--max-rp"),

@@ -51,8 +51,9 @@ class CatalogEntry:
     top1_source: str
     baseline: bool
 
-    def build(self) -> nn.Module:
-        """The network in eval mode with trained-like random weights (no download).
+    def build(self, resolution: int | None = None) -> nn.Module:
+        """The network in eval mode with trained-like random weights (no download), refused (``UserError``) when it
+        would not fit in this machine's memory at ``resolution`` (default: its own), before anything is allocated.
 
         Latency does not depend on the weights' values -- except through float denormals: with random-init
         BatchNorm (identity statistics) activations can decay into denormals in deep layers, which slows CPU kernels
@@ -66,8 +67,13 @@ class CatalogEntry:
 
             model = getattr(torchvision.models, self.name)(weights=None)
         else:
-            from ..factory import create_model
+            from dataclasses import replace
 
+            from ..analysis import check_fits
+            from ..factory import create_model
+            from ..specs import get_spec
+
+            check_fits(replace(get_spec(self.name), resolution=resolution or self.resolution))
             model = create_model(self.name)
         size = (self.resolution, self.resolution)
         with torch.random.fork_rng():

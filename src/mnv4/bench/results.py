@@ -22,8 +22,8 @@ class BenchRecord:
     dtype: str
     batch_size: int
     resolution: int
-    params: int
-    macs: int  # per image
+    params: int | None  # None: the model could not be built (its cells failed, ``note`` says why)
+    macs: int | None  # per image
     top1: float | None
     top1_source: str
     threads: int
@@ -154,8 +154,9 @@ def format_table(report: BenchReport, batch_size: int | None = None) -> str:
     for m in report.models:
         r = first[m]
         top1 = f"{r.top1:.1f}" if r.top1 is not None else "-"
-        row = [f"{r.label:16s}", f"{r.resolution:>4d}", f"{r.params / 1e6:>8.2f}", f"{r.macs / 1e9:>6.3f}",
-               f"{top1:>6s}"]
+        params = f"{r.params / 1e6:.2f}" if r.params is not None else "-"
+        macs = f"{r.macs / 1e9:.3f}" if r.macs is not None else "-"
+        row = [f"{r.label:16s}", f"{r.resolution:>4d}", f"{params:>8s}", f"{macs:>6s}", f"{top1:>6s}"]
         row += [f"{_cell(report, report.lookup(m, b, batch_size)):>17s}" for b in backends]
         lines.append(" ".join(row))
     return "\n".join(lines)

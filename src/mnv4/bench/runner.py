@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import sys
 import tempfile
 import time
@@ -52,7 +53,8 @@ class BenchConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.runs >= 1, f"--runs must be >= 1, got {self.runs}"),
             (self.warmup >= 0, f"--warmup must be >= 0, got {self.warmup}"),
-            (self.max_seconds > 0, f"the time budget per cell must be > 0 s, got {self.max_seconds}"),
+            (0 < self.max_seconds < math.inf,
+             f"the time budget per cell must be a finite number > 0 s, got {self.max_seconds}"),
             (
                 self.resolution is None or self.resolution >= MIN_INPUT_SIZE,
                 f"--resolution must be >= {MIN_INPUT_SIZE}, got {self.resolution}",
@@ -97,9 +99,10 @@ def run_benchmark(config: BenchConfig, progress: bool = True, progress_stream: T
     """Measure every requested model on every requested backend; one ``BenchRecord`` per cell.
 
     A backend that cannot run one model (export unsupported, conversion error) gets a 'failed' / 'n/a' record with
-    the reason -- as the paper's Tab. 6 prints "Failed" -- and the run goes on. ``progress_stream``: where the
-    progress bar goes (default stderr; ``mnv4 bench`` passes the real screen while the toolkits' log output is sent
-    to a file).
+    the reason -- as the paper's Tab. 6 prints "Failed" -- and the run goes on; so does a model that cannot be built
+    here (a spec file whose forward pass would not fit in memory): every cell of it fails with the reason.
+    ``progress_stream``: where the progress bar goes (default stderr; ``mnv4 bench`` passes the real screen while
+    the toolkits' log output is sent to a file).
     """
     from tqdm.auto import tqdm
 
@@ -121,24 +124,32 @@ def run_benchmark(config: BenchConfig, progress: bool = True, progress_stream: T
         with tempfile.TemporaryDirectory(prefix="mnv4-bench-") as tmp:
             for entry in entries:
                 torch.manual_seed(config.seed)
-                model = entry.build()
                 res = config.resolution or entry.resolution
-                macs = sum(r.macs for r in profile_layers(model, (res, res)))
-                params = count_params(model)
+                try:
+                    model = entry.build(res)
+                except UserError as err:
+                    model, macs, params, failure = None, None, None, f"not built: {err}"
+                else:
+                    macs = sum(r.macs for r in profile_layers(model, (res, res)))
+                    params, failure = count_params(model), None
                 for backend in backends:
                     for batch in backend.batch_sizes(config.batch_size, config.cuda_batch_sizes):
                         bar.set_postfix_str(f"{entry.label} / {backend.name} / batch {batch}")
-                        cell_dir = Path(tmp) / f"{entry.name}-{backend.name}-{batch}"
+                        cell_dir = Path(tmp) / f"{len(records):04d}-{backend.name}-{batch}"  # not entry.name: a path
                         cell_dir.mkdir()
                         record = BenchRecord(
                             model=entry.name, label=entry.label, backend=backend.name, device=backend.device,
                             dtype=backend.dtype, batch_size=batch, resolution=res, params=params, macs=macs,
                             top1=entry.top1, top1_source=entry.top1_source, threads=threads,
                         )
-                        # a fresh copy per cell: no backend sees another's rewrites (a copy, not a new build: that
-                        # would redo its BN calibration passes)
-                        fresh = functools.partial(copy.deepcopy, model)
-                        records.append(_measure(record, backend, fresh, batch, res, cell_dir, threads, config))
+                        if failure is not None:
+                            record.status, record.note = "failed", failure
+                        else:
+                            # a fresh copy per cell: no backend sees another's rewrites (a copy, not a new build:
+                            # that would redo its BN calibration passes)
+                            fresh = functools.partial(copy.deepcopy, model)
+                            record = _measure(record, backend, fresh, batch, res, cell_dir, threads, config)
+                        records.append(record)
                         bar.update(1)
                 del model
     finally:

@@ -12,15 +12,49 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine.config import AT_LEAST_ONE, FRACTION, NON_NEGATIVE, OPEN_FRACTION, POSITIVE, Range
 from ..errors import UserError
 from ..specs import MIN_INPUT_SIZE, is_spec_file
 
 DEFAULT_MODEL = "mobilenetv4_conv_small"
+
+
+def number(kind: type, allowed: Range | None = None):
+    """argparse's ``type`` for a numeric flag that is not a config field (those are checked by
+    ``mnv4.engine.config.check_fields``): the text read as ``kind`` (int or float), finite, inside ``allowed``.
+    Anything else is refused by the parser, in one line, before the command starts."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if allowed is not None and value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# The ranges the commands' own numeric flags share
+BATCH = number(int, AT_LEAST_ONE)  # --batch-size, --runs, --threads, ...
+COUNT = number(int, NON_NEGATIVE)  # --workers, --warmup, ...
+SIZE = number(int, Range(MIN_INPUT_SIZE))  # an input side in pixels
+SCORE = number(float, FRACTION)  # a score threshold, a share of images
+POSITIVE_NUMBER = number(float, POSITIVE)
+TOLERANCE = number(float, NON_NEGATIVE)
+CROP = number(float, OPEN_FRACTION)
+OPSET = number(int, Range(17))  # ONNX: mnv4.export.onnx.MIN_OPSET (not imported here: it pulls in the exporters)
 
 @dataclass(frozen=True)
 class Flag:
@@ -166,8 +200,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_weights_args(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default: %(default)s)")
     p.add_argument("--test-res", action="store_true", help="use the tag's larger test_input_size / test_crop_pct")
-    p.add_argument("--img-size", type=int, help="override the input size (square)")
-    p.add_argument("--crop-pct", type=float, help="override the centre-crop fraction (resize to size / crop_pct)")
+    p.add_argument("--img-size", type=SIZE, help="override the input size (square)")
+    p.add_argument("--crop-pct", type=CROP, help="override the centre-crop fraction (resize to size / crop_pct)")
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -246,10 +280,6 @@ def model_from_args(args: argparse.Namespace):
     """(model, DataConfig) for the parsed ``add_model_args`` options."""
     from ..transforms import data_config
 
-    if args.img_size is not None and args.img_size < MIN_INPUT_SIZE:
-        raise UserError(f"--img-size must be >= {MIN_INPUT_SIZE}, got {args.img_size}")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise UserError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
     model = load_model(args)
     cfg = data_config(model, use_test_size=args.test_res, img_size=args.img_size, crop_pct=args.crop_pct)
     return model, cfg

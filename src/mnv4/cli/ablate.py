@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import BATCH, COUNT, SIZE
+
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
@@ -25,12 +27,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtimes", type=_names, default=["eager", "deployed", "onnxruntime"],
                    help="comma-separated: eager, deployed, compile, onnxruntime, litert "
                    "(default eager,deployed,onnxruntime)")
-    p.add_argument("--resolution", type=int, default=None,
+    p.add_argument("--resolution", type=SIZE, default=None,
                    help="input size for every study (default: 384 for mqa, 256 for kv)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: one per physical core)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
-    p.add_argument("--runs", type=int, default=None, help="timed runs per model and runtime in each round (default 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2)")
+    p.add_argument("--threads", type=BATCH, default=None, help="CPU threads (default: one per physical core)")
+    p.add_argument("--rounds", type=BATCH, default=None, help="interleaved timing rounds (default 5)")
+    p.add_argument("--runs", type=BATCH, default=None,
+                   help="timed runs per model and runtime in each round (default 3)")
+    p.add_argument("--warmup", type=COUNT, default=None, help="untimed runs first (default 2)")
     p.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
     p.add_argument("--quick", action="store_true",
                    help="64 px, 1 round of 1 run: checks the pipeline in seconds (numbers not meaningful)")

@@ -5,16 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._common import BATCH, COUNT, POSITIVE_NUMBER, SIZE
+
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
 def _sizes(text: str) -> list[int]:
-    try:
-        return [int(n) for n in _names(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return [BATCH(n) for n in _names(text)]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,15 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the full sweep: every backend available here, also LiteRT, ExecuTorch (fp32, int8) and "
                    "AOTInductor, which take half a minute to minutes per model to build (about half an hour on an "
                    "idle 2-core CPU)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=BATCH, default=None,
                    help="CPU threads for every backend (default: one per physical core)")
-    p.add_argument("--batch-size", type=int, default=1, help="CPU batch size (default 1, as on phones)")
+    p.add_argument("--batch-size", type=BATCH, default=1, help="CPU batch size (default 1, as on phones)")
     p.add_argument("--cuda-batch-sizes", type=_sizes, default=None, help="CUDA sweep, default 1,8,32,128")
-    p.add_argument("--runs", type=int, default=None, help="timed runs per cell, at most (default 50)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 5)")
-    p.add_argument("--max-seconds", type=float, default=None,
+    p.add_argument("--runs", type=BATCH, default=None, help="timed runs per cell, at most (default 50)")
+    p.add_argument("--warmup", type=COUNT, default=None, help="untimed runs first (default 5)")
+    p.add_argument("--max-seconds", type=POSITIVE_NUMBER, default=None,
                    help="timed seconds per cell before runs are cut (default 4; at least 10 runs)")
-    p.add_argument("--resolution", type=int, default=None, help="one input size for all models instead of theirs")
+    p.add_argument("--resolution", type=SIZE, default=None, help="one input size for all models instead of theirs")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default ./bench-results)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     p.add_argument("--quick", action="store_true",
@@ -106,12 +105,11 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import format_table, run_benchmark, write_csv, write_json
     from ..bench.catalog import REFERENCE_MODEL, catalog_entry
     from ..bench.results import format_environment, format_throughput
-    from ..errors import UserError
+    from ..engine.outputs import check_output_folder
     from ..export.toolkit_logs import toolkit_logs_to
 
     config = config_from_args(args)
-    if args.out.exists() and not args.out.is_dir():
-        raise UserError(f"--out {args.out} exists and is not a folder")
+    check_output_folder(args.out)  # a file, a folder under a file, not writable: before the run, not after it
     print(plan_text(config), flush=True)
     # The toolkits' own log lines (TensorFlow/LiteRT, torch, torchao, ExecuTorch...) go to a file, not between the
     # progress bar and the table; the file is kept in --out when it holds anything.

@@ -8,7 +8,19 @@ import json
 import sys
 
 from ..detection.config import DetectConfig
-from ._common import Flag, add_flag_table, flag_values, log_to_stderr, run_command, run_flags
+from ._common import (
+    BATCH,
+    COUNT,
+    OPSET,
+    SCORE,
+    TOLERANCE,
+    Flag,
+    add_flag_table,
+    flag_values,
+    log_to_stderr,
+    run_command,
+    run_flags,
+)
 from .export import add_format_args
 
 TRAIN_FLAGS: list[Flag] = [
@@ -58,9 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_weights_arg(e)
     e.add_argument("--annotations", required=True, help="COCO instances JSON")
     e.add_argument("--images", required=True, help="folder the JSON's file_name entries are relative to")
-    e.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    e.add_argument("--workers", type=int, default=2, help="data-loader workers (default: %(default)s)")
-    e.add_argument("--score-thresh", type=float, default=None, help="override the detector's score threshold")
+    e.add_argument("--batch-size", type=BATCH, default=8, help="images per forward (default: %(default)s)")
+    e.add_argument("--workers", type=COUNT, default=2, help="data-loader workers (default: %(default)s)")
+    e.add_argument("--score-thresh", type=SCORE, default=None, help="override the detector's score threshold")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
     e.set_defaults(func=run_eval)
 
@@ -70,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_weights_arg(r)
     r.add_argument("--out", default="detections", help="output folder (default: %(default)s)")
-    r.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this "
+    r.add_argument("--score-thresh", type=SCORE, default=0.3, help="keep detections scoring at least this "
                    "(default: %(default)s)")
     r.set_defaults(func=run_predict)
 
@@ -84,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_format_args(x, out_help="output file (.onnx)")
     x.add_argument("--verify-images", nargs="+", metavar="IMAGE", default=None,
                    help="images to compare the exported file with PyTorch on (default: no comparison, a warning)")
-    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
-    x.add_argument("--tolerance", type=float, default=None,
+    x.add_argument("--opset", type=OPSET, default=18, help="ONNX opset (default: %(default)s)")
+    x.add_argument("--tolerance", type=TOLERANCE, default=None,
                    help="max relative difference of boxes and scores accepted (default 1e-3)")
     x.set_defaults(func=run_export)
 
@@ -128,11 +140,14 @@ def run_eval(args: argparse.Namespace) -> int:
     options = {} if args.score_thresh is None else {"score_thresh": args.score_thresh}
     model, spec = load_detector(args.weights, **options)
     coco = load_coco(args.annotations, args.images)
-    if [c["id"] for c in coco.categories] != [c["id"] for c in spec.categories]:
+    ours, theirs = ([(c["id"], str(c["name"])) for c in cats] for cats in (spec.categories, coco.categories))
+    if ours != theirs:  # the label map: ids alone would score "cat" boxes as "dog" where a file swaps the names
         from ..errors import UserError
 
-        raise UserError(f"{args.annotations} has categories {[c['id'] for c in coco.categories][:10]}..., the "
-                        f"detector was trained on {[c['id'] for c in spec.categories][:10]}...; they must match")
+        differ = next((a, b) for a, b in zip([*ours, None], [*theirs, None], strict=False) if a != b)
+        raise UserError(f"{args.annotations} has other categories than the detector was trained on (first "
+                        f"difference: {differ[1]} in the file, {differ[0]} in the detector; id, name); they must "
+                        "match")
     metrics = evaluate_detector(model.to(args.device), coco, args.device, args.batch_size, args.workers)
     print(f"{spec.arch} / {spec.backbone} on {args.annotations}: {metrics.num_images} images, "
           f"{metrics.num_detections} detections")
@@ -144,7 +159,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from ..detection import detect, load_detector, write_predictions
+    from ..engine.outputs import check_output_folder
 
+    check_output_folder(args.out)  # before the model is loaded and any image is read
     log_to_stderr()
     model, spec = load_detector(args.weights, score_thresh=args.score_thresh)
     results = detect(model, spec, args.images, args.score_thresh, args.device)

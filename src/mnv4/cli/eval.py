@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._common import add_model_args
+from ._common import BATCH, COUNT, add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", metavar="FILE", help="the model's class names in output order, one per line: "
                    "class folders are matched to outputs by name")
     add_model_args(p)
-    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    p.add_argument("--workers", type=int, default=4, help="data-loading processes (default: %(default)s)")
+    p.add_argument("--batch-size", type=BATCH, default=64, help="(default: %(default)s)")
+    p.add_argument("--workers", type=COUNT, default=4, help="data-loading processes (default: %(default)s)")
     p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on CPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for model and inputs")
     p.add_argument("--strict", action="store_true", help="stop at the first image that cannot be decoded "

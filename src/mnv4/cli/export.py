@@ -7,9 +7,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engine.config import Range
 from ..export.quantize import ORT_INT8_WEIGHTS
 from ..export.registry import FORMATS
-from ._common import add_model_option, add_weights_args, check_input_file, load_model
+from ._common import (
+    BATCH,
+    OPSET,
+    SCORE,
+    SIZE,
+    TOLERANCE,
+    add_model_option,
+    add_weights_args,
+    check_input_file,
+    load_model,
+    number,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,18 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_option(p, "variant or variant.tag (see `mnv4 models`)", positional=True)
     add_format_args(p)
     add_weights_args(p, random_weights=True)
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the weights')")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="input size (default native)")
+    p.add_argument("--num-classes", type=number(int, Range(1)), default=None,
+                   help="classifier size (default: the weights')")
+    p.add_argument("--size", type=SIZE, nargs=2, metavar=("H", "W"), default=None, help="input size (default native)")
     p.add_argument("--fp16", action="store_true", help="fp16 weights (tflite, coreml); Core ML is fp16 unless --fp32")
     p.add_argument("--fp32", action="store_true", help="Core ML: fp32 compute precision instead of fp16")
     p.add_argument("--int8", action="store_true",
                    help="int8 post-training quantization (onnx, tflite, executorch); needs --calib")
     p.add_argument("--calib", type=Path, default=None, help="folder of calibration images (ImageFolder or flat)")
-    p.add_argument("--calib-images", type=int, default=256, help="how many calibration images to use (default 256)")
+    p.add_argument("--calib-images", type=BATCH, default=256, help="how many calibration images to use (default 256)")
     p.add_argument("--eval", type=Path, default=None, metavar="DIR",
                    help="labelled ImageFolder: also report top-1 of PyTorch fp32 vs the exported file (and judge "
                    "int8 files on these images instead of calibration images)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+    p.add_argument("--opset", type=OPSET, default=18, help="ONNX opset (>= 17)")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX: symbolic height/width (batch is always dynamic)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript", help="ONNX exporter")
     p.add_argument("--ort-int8-weights", choices=tuple(ORT_INT8_WEIGHTS), default=None,
@@ -44,11 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(U8U8 kernels), accurate on every CPU, x86 without VNNI (AVX2, AVX-512 without VNNI) included; "
                    "s8-7bit: 7-bit s8 weights (U8S8 kernels), ~30%% faster on x86 without VNNI for ~1-3 points of "
                    "top-1 (docs/deploy.md, \"ONNX Runtime int8\")")
-    p.add_argument("--tolerance", type=float, default=None,
+    p.add_argument("--tolerance", type=TOLERANCE, default=None,
                    help="fp32/fp16: max relative difference accepted (default 1e-3 fp32, 3e-2 fp16)")
-    p.add_argument("--min-agreement", type=float, default=None,
+    p.add_argument("--min-agreement", type=SCORE, default=None,
                    help="int8: min fraction of images whose top-1 matches fp32 PyTorch (default 0.9)")
-    p.add_argument("--min-sqnr", type=float, default=None, metavar="DB",
+    p.add_argument("--min-sqnr", type=number(float), default=None, metavar="DB",
                    help="int8: min signal-to-quantization-noise ratio of the logits in dB (default 13)")
     p.set_defaults(func=run)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import UserError
-from ..specs import MIN_INPUT_SIZE
+from ._common import SIZE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "BN, activations, pooling and softmax are not counted. 1 MAC = 2 FLOPs.",
     )
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*hybrid*', or a spec file")
-    p.add_argument("--resolution", type=int, default=None, help="count MACs at this size instead of the native one")
+    p.add_argument("--resolution", type=SIZE, default=None, help="count MACs at this size instead of the native one")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -56,8 +56,6 @@ def model_table(pattern: str = "*", resolution: int | None = None) -> list[dict]
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution is not None and args.resolution < MIN_INPUT_SIZE:
-        raise UserError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
     rows = model_table(args.pattern, args.resolution)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ._common import add_model_args
+from ._common import BATCH, add_model_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,19 +20,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     add_model_args(p)
-    p.add_argument("--topk", type=int, default=5, help="how many classes to print per image (default: %(default)s)")
+    p.add_argument("--topk", type=BATCH, default=5, help="how many classes to print per image (default: %(default)s)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line, for a model of your own classes")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
     from ..predict import predict
     from ._common import model_from_args, read_lines
 
-    if args.topk < 1:
-        raise UserError(f"--topk must be >= 1, got {args.topk}")
     labels = read_lines(args.labels, "--labels") if args.labels else None
     model, cfg = model_from_args(args)
     results = predict(model, args.images, topk=args.topk, cfg=cfg, device=args.device, labels=labels)

@@ -6,9 +6,9 @@ import argparse
 import math
 from pathlib import Path
 
+from ..engine.config import NON_NEGATIVE
 from ..errors import UserError
-from ..specs import MIN_INPUT_SIZE
-from ._common import add_model_option, model_name
+from ._common import COUNT, POSITIVE_NUMBER, SIZE, add_model_option, model_name, number
 
 
 def _names(text: str) -> list[str]:
@@ -37,14 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--profile", choices=list(NAMED_PROFILES), default=None,
                        help="named ridge point for the per-layer table (default pixel6-cpu)")
-    where.add_argument("--rp", type=float, default=None, help="a ridge point in MACs/byte")
-    p.add_argument("--peak-macs", type=float, default=None, help="peak MACs/s of your hardware (with --peak-bw)")
-    p.add_argument("--peak-bw", type=float, default=None, help="peak memory bandwidth, bytes/s (with --peak-macs)")
-    p.add_argument("--resolution", type=int, default=None, help="input size (default: each model's paper size)")
-    p.add_argument("--top", type=int, default=20, help="layers to list, heaviest first (default 20; 0 = all)")
+    where.add_argument("--rp", type=number(float, NON_NEGATIVE), default=None, help="a ridge point in MACs/byte")
+    p.add_argument("--peak-macs", type=POSITIVE_NUMBER, default=None,
+                   help="peak MACs/s of your hardware (with --peak-bw)")
+    p.add_argument("--peak-bw", type=POSITIVE_NUMBER, default=None,
+                   help="peak memory bandwidth, bytes/s (with --peak-macs)")
+    p.add_argument("--resolution", type=SIZE, default=None, help="input size (default: each model's paper size)")
+    p.add_argument("--top", type=COUNT, default=20, help="layers to list, heaviest first (default 20; 0 = all)")
     p.add_argument("--models", type=_names, default=None, help="--sweep: models (default: paper models + MNv3-L/S)")
     p.add_argument("--reference", default=None, help="--sweep: normalise by this model (default mobilenet_v3_large)")
-    p.add_argument("--max-rp", type=float, default=500.0, help="--sweep: last ridge point (default 500)")
+    p.add_argument("--max-rp", type=POSITIVE_NUMBER, default=500.0, help="--sweep: last ridge point (default 500)")
     p.add_argument("--out", type=Path, default=None, help="--sweep: PNG path (default roofline_sweep.png)")
     p.add_argument("--backend", default=None, help="--fit: only this backend's results")
     p.set_defaults(func=run)
@@ -61,8 +63,10 @@ def _hardware(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution is not None and args.resolution < MIN_INPUT_SIZE:
-        raise UserError(f"--resolution must be >= {MIN_INPUT_SIZE}, got {args.resolution}")
+    if args.out is not None:  # before the sweep, not when the plot is saved
+        from ..engine.outputs import check_output_file
+
+        check_output_file(args.out)
     hardware = _hardware(args)
     if args.rp is not None and hardware is not None:
         raise UserError("--rp and --peak-macs/--peak-bw both set a ridge point; give one of them")

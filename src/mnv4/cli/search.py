@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine.config import Range
 from ..nas.config import SearchConfig
-from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
+from ._common import Flag, add_flag_table, flag_values, number, run_command, run_flags
 
 FLAGS: list[Flag] = [
     Flag("--space", "space", "search space: conv_small, conv_medium, conv_large (paper sizes) or tiny (CPU proxy)"),
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_flag_table(p, FLAGS, SearchConfig, "quality_bn='running'")
     p.add_argument("--list-spaces", action="store_true", help="print the search spaces and exit")
-    p.add_argument("--validate-cost", type=int, nargs="?", const=30, default=None, metavar="N",
+    p.add_argument("--validate-cost", type=number(int, Range(30)), nargs="?", const=30, default=None, metavar="N",
                    help="instead of searching: measure N (>= 30, default 30) random architectures of --space and "
                    "print how well the cost predicts their latency here (Spearman)")
     p.set_defaults(func=run)
@@ -115,13 +116,9 @@ def run_validate_cost(args: argparse.Namespace) -> int:
     N random architectures of the space (``mnv4.nas.cost.validate_cost``)."""
     import torch
 
-    from ..errors import UserError
     from ..nas import get_space
     from ..nas.cost import LatencyTableCost, roofline_cost, validate_cost
 
-    if args.validate_cost < 30:
-        raise UserError(f"--validate-cost needs >= 30 architectures for a meaningful rank correlation, got "
-                        f"{args.validate_cost}")
     cfg = config_from_args(args, require_target=False)
     space = get_space(cfg.space)
     resolution = cfg.resolution or space.resolution

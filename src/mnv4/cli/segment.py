@@ -8,8 +8,23 @@ import json
 import sys
 from pathlib import Path
 
+from ..engine.config import Range
 from ..segmentation.config import SegmentConfig
-from ._common import Flag, add_flag_table, flag_values, log_to_stderr, run_command, run_flags
+from ._common import (
+    BATCH,
+    COUNT,
+    OPSET,
+    SCORE,
+    SIZE,
+    TOLERANCE,
+    Flag,
+    add_flag_table,
+    flag_values,
+    log_to_stderr,
+    number,
+    run_command,
+    run_flags,
+)
 from .export import add_format_args
 
 TRAIN_FLAGS: list[Flag] = [
@@ -81,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "are the segmenter's own")
     e.add_argument("--crowd", choices=["ignore", "label"], default="ignore",
                    help="COCO crowd regions: ignored or labelled (default: %(default)s)")
-    e.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    e.add_argument("--workers", type=int, default=2, help="data-loader workers (default: %(default)s)")
+    e.add_argument("--batch-size", type=BATCH, default=8, help="images per forward (default: %(default)s)")
+    e.add_argument("--workers", type=COUNT, default=2, help="data-loader workers (default: %(default)s)")
     e.add_argument("--no-resize", action="store_true", help="run each image at its own size")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
     e.set_defaults(func=run_eval)
@@ -105,30 +120,31 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "int8: mask agreement and SQNR vs fp32), else nothing is written (exit 1).")
     add_weights_arg(x)
     add_format_args(x)
-    x.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+    x.add_argument("--size", type=SIZE, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: the spec's image_size, square)")
     x.add_argument("--fp16", action="store_true", help="fp16 weights (tflite, coreml)")
     x.add_argument("--fp32", action="store_true", help="Core ML: fp32 compute precision instead of fp16")
     x.add_argument("--int8", action="store_true", help="int8 post-training quantization (onnx, tflite, executorch); "
                    "needs --calib")
     x.add_argument("--calib", type=Path, default=None, help="folder of calibration images (int8)")
-    x.add_argument("--calib-images", type=int, default=256, help="calibration images to use (default 256)")
+    x.add_argument("--calib-images", type=BATCH, default=256, help="calibration images to use (default 256)")
     x.add_argument("--images", type=Path, default=None, metavar="DIR",
                    help="real images to compare the file with PyTorch on (default: --calib for int8, else random "
                    "inputs)")
-    x.add_argument("--check-images", type=int, default=32, help="images the check runs on (default 32)")
-    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default: %(default)s)")
-    x.add_argument("--tolerance", type=float, default=None,
+    x.add_argument("--check-images", type=BATCH, default=32, help="images the check runs on (default 32)")
+    x.add_argument("--opset", type=OPSET, default=18, help="ONNX opset (default: %(default)s)")
+    x.add_argument("--tolerance", type=TOLERANCE, default=None,
                    help="fp32/fp16: max logit difference relative to their scale (default 1e-3 fp32, 3e-2 fp16)")
-    x.add_argument("--min-agreement", type=float, default=None,
+    x.add_argument("--min-agreement", type=SCORE, default=None,
                    help="int8: min share of pixels whose class matches fp32 PyTorch (default 0.9)")
-    x.add_argument("--min-sqnr", type=float, default=None, metavar="DB",
+    x.add_argument("--min-sqnr", type=number(float), default=None, metavar="DB",
                    help="int8: min signal-to-quantization-noise ratio of the logits in dB (default 13)")
     x.set_defaults(func=run_export)
 
     m = seg_sub.add_parser("models", help="params and MACs of the segmenters next to torchvision's MobileNetV3 ones")
-    m.add_argument("--size", type=int, default=512, help="square input side (default: %(default)s)")
-    m.add_argument("--num-classes", type=int, default=21, help="classes (default: %(default)s, VOC's)")
+    m.add_argument("--size", type=SIZE, default=512, help="square input side (default: %(default)s)")
+    m.add_argument("--num-classes", type=number(int, Range(2)), default=21,
+                   help="classes (default: %(default)s, VOC's)")
     m.add_argument("--json", action="store_true", help="print JSON")
     m.set_defaults(func=run_models)
 
@@ -170,16 +186,17 @@ def eval_data(args: argparse.Namespace, spec):
         return load_mask_folder(args.images, args.masks, spec.num_classes, args.split)
     if args.split:
         raise UserError("--split selects pairs of a mask folder; with --annotations the COCO file lists the images")
-    return load_coco_masks(args.annotations, args.images, spec.categories or None, args.crowd)
+    data = load_coco_masks(args.annotations, args.images, spec.categories or None, args.crowd)
+    if spec.categories and spec.classes and data.class_names[1:] != spec.classes[1:]:
+        # the label map is ids and names: ids alone would score a file that names them otherwise as if it matched
+        raise UserError(f"{args.annotations} names the segmenter's category ids {spec.categories} "
+                        f"{data.class_names[1:]}, the segmenter was trained on {spec.classes[1:]}; they must match")
+    return data
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from ..segmentation import evaluate_segmenter, load_segmenter
 
-    if args.batch_size < 1 or args.workers < 0:
-        from ..errors import UserError
-
-        raise UserError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     log_to_stderr()
     model, spec = load_segmenter(args.weights)
     data = eval_data(args, spec)
@@ -252,13 +269,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from ..errors import UserError
     from ..segmentation.summary import segmenter_table
-    from ..specs import MIN_INPUT_SIZE
 
-    if args.size < MIN_INPUT_SIZE or args.num_classes < 2:
-        raise UserError(f"--size must be >= {MIN_INPUT_SIZE} and --num-classes >= 2, got {args.size}, "
-                        f"{args.num_classes}")
     rows = segmenter_table(args.size, args.num_classes)
     if args.json:
         print(json.dumps([vars(r) for r in rows], indent=2))

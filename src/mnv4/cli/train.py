@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..train.config import TrainConfig
-from ._common import Flag, add_flag_table, flag_values, run_command, run_flags
+from ._common import BATCH, Flag, add_flag_table, flag_values, run_command, run_flags
 
 FLAGS: list[Flag] = [
     Flag("--model", "model", "model name (mnv4 models) or spec file; default: the recipe's"),
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="offline distillation step 1: label augmented crops with --teacher into FILE, then exit",
     )
-    p.add_argument("--replicas", type=int, default=1, help="augmented copies per image for --precompute-soft-labels")
+    p.add_argument("--replicas", type=BATCH, default=1, help="augmented copies per image for --precompute-soft-labels")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..images import load_image
 from .models import DetectorSpec
 
@@ -48,7 +49,7 @@ def detect(
     from torchvision.transforms.v2.functional import pil_to_tensor
 
     if not 0 <= score_thresh <= 1:
-        raise ValueError(f"score_thresh must be in [0, 1], got {score_thresh}")
+        raise UserError(f"score_thresh must be in [0, 1], got {score_thresh}")
     model = model.eval().to(device)
     names = {i + 1: (int(c["id"]), str(c["name"])) for i, c in enumerate(spec.categories)}
     results = []

@@ -17,6 +17,7 @@ macOS by their program structure only.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -91,10 +92,12 @@ class ExportConfig:
                             "--min-sqnr")
         if not int8 and (self.min_agreement is not None or self.min_sqnr_db is not None):
             raise UserError("--min-agreement / --min-sqnr judge int8 files; use --tolerance for fp32/fp16")
-        if self.tolerance is not None and self.tolerance < 0:
-            raise UserError(f"--tolerance must be >= 0, got {self.tolerance}")
+        if self.tolerance is not None and not 0 <= self.tolerance < math.inf:  # NaN fails every comparison
+            raise UserError(f"--tolerance must be a finite number >= 0, got {self.tolerance}")
         if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
             raise UserError(f"--min-agreement must be in [0, 1], got {self.min_agreement}")
+        if self.min_sqnr_db is not None and not math.isfinite(self.min_sqnr_db):
+            raise UserError(f"--min-sqnr must be a finite number of dB, got {self.min_sqnr_db}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < MIN_INPUT_SIZE):
             got = " ".join(map(str, self.input_size))
             raise UserError(f"--size must be >= {MIN_INPUT_SIZE} in both dimensions, got {got}")
