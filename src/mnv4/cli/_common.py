@@ -289,33 +289,3 @@ def read_lines(path: str | os.PathLike, flag: str) -> list[str]:
     """The non-blank lines of a text file given by ``flag`` (e.g. class names, one per line)."""
     check_input_file(path, flag)
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """Check, before any work, that ``path`` can be written as a file: not a folder, and its nearest existing parent
-    a writable folder (missing folders are created when writing). Returns it as a Path."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; give a file name")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent if not path.exists() else path, os.W_OK):
-        raise UserError(f"{flag} {path} is not writable (permission denied)")
-    return path
-
-
-def write_text_file(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then move it into place: a reader never sees half a file,
-    and an old file survives a failed write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # same folder: os.replace is atomic; umask applies
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -39,10 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.outputs import check_output_file, write_text_file
     from ..errors import UserError
     from ..evaluate import EvalConfig, evaluate
     from ..images import scan_images
-    from ._common import check_output_file, model_from_args, read_lines, write_text_file
+    from ._common import model_from_args, read_lines
 
     # Every input and the output are checked before the model is loaded and the evaluation runs.
     run_cfg = EvalConfig(

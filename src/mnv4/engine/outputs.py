@@ -120,15 +120,17 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _writable_parent(path: Path, flag: str) -> None:
+def _writable_parent(path: Path, flag: str, shown: Path | None = None) -> None:
+    """``path``'s nearest existing parent is a writable folder; messages name ``shown`` (default ``path``)."""
+    shown = path if shown is None else shown
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+        raise UserError(f"{flag} {shown}: {parent} is a file, not a folder")
     target = path if path.exists() else parent
     if not os.access(target, os.W_OK):
-        raise UserError(f"{flag} {path} is not writable (permission denied)")
+        raise UserError(f"{flag} {shown} is not writable (permission denied)")
 
 
 def check_output_file(path: str | os.PathLike, flag: str = "--out", suffixes: tuple[str, ...] = ()) -> Path:
@@ -149,7 +151,7 @@ def check_output_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file; give a folder")
-    _writable_parent(path / "x", flag)
+    _writable_parent(path / "x", flag, shown=path)  # a file in it: the folder itself may not exist yet
     return path
 
 
