@@ -14,14 +14,19 @@ Schemes (what path each step trains):
 - fixed: one random architecture every step (= training that architecture alone);
 - largest: the largest path every step;
 - two_paths: the fixed architecture and the largest, alternately;
-- depth_only / width_only / blocks_only: the fixed architecture with only its depths / only its widths / only its
-  block decisions (DW slots, expansions) drawn at random each step;
+- depth_only / width_only / blocks_only / dw_only / expand_only: the fixed architecture with only its depths / only
+  its widths / only its block decisions (DW slots and expansions) / only its DW slots / only its expansions drawn at
+  random each step;
 - uniform: a uniformly random architecture every step (the ranking diagnostic's supernet, and the search's before
   its controller has learned);
 - tunas_warmup: uniform, but the largest path with a probability falling from 1 to 0 over the first 25% of steps
   (TuNAS's filter warm-up, as `mnv4 search` does; its DW "all ops on" part is left out);
 - sandwich: the largest path and a uniformly random one every step, gradients summed (BigNAS's rule, less its
   smallest path and in-place distillation).
+
+--shared-kernels tries one change of the supernet (not in the library): a DW slot's 3x3 is the centre of its 5x5
+(one kernel and one BN per slot, as Once-for-All shares kernels) instead of a separate 3x3 and 5x5 with their own BN,
+so every step that runs a DW in a slot trains the same weights.
 
 Reported per scheme: the training loss (mean of each 50 steps) of the paths it trains, and at the end the held-out
 top-1 of 8 random architectures (each with its own batch statistics, as the search scores a path) and of the fixed
@@ -42,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMES = ("fixed", "largest", "two_paths", "depth_only", "width_only", "blocks_only", "uniform", "tunas_warmup",
-           "sandwich")
+SCHEMES = ("fixed", "largest", "two_paths", "depth_only", "width_only", "blocks_only", "dw_only", "expand_only",
+           "uniform", "tunas_warmup", "sandwich")
 
 
 def load_shapes(root: Path, per_class: int, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,9 +65,29 @@ def load_shapes(root: Path, per_class: int, skip: int = 0) -> tuple[torch.Tensor
     return x, torch.tensor(labels)
 
 
+def share_dw_kernels() -> None:
+    """Patch ``SuperUIB._dw_slot`` so that every kernel size of a slot runs the largest kernel's centre and BN."""
+    from mnv4.nas import supernet as sn
+
+    def dw_slot(slot, x, kernels):
+        outs = []
+        for k in kernels:
+            if k == 0:
+                outs.append(x)
+                continue
+            big = slot[str(max(int(key) for key in slot.keys()))]
+            trim = (big.conv.kernel_size[0] - k) // 2
+            weight = big.conv.weight[: x.shape[1], :, trim : trim + k, trim : trim + k]
+            y = F.conv2d(x, weight, None, big.conv.stride, k // 2, 1, x.shape[1])
+            outs.append(sn._sliced_bn(big.bn, y))
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
+    sn.SuperUIB._dw_slot = staticmethod(dw_slot)
+
+
 def run_scheme(scheme: str, x, y, held_x, held_y, steps: int, lr: float, seed: int = 0) -> dict:
     from mnv4.nas import SuperNet, get_space
-    from mnv4.nas.space import COARSE_KINDS
+    from mnv4.nas.space import COARSE_KINDS, EXPAND, MID_DW, START_DW
 
     space = get_space("tiny")
     torch.manual_seed(seed)
@@ -89,6 +114,10 @@ def run_scheme(scheme: str, x, y, held_x, held_y, steps: int, lr: float, seed: i
             return keep_fixed_except(arch, lambda d: d.kind == "width")
         if scheme == "blocks_only":
             return keep_fixed_except(arch, lambda d: d.kind not in COARSE_KINDS)
+        if scheme == "dw_only":
+            return keep_fixed_except(arch, lambda d: d.kind in (START_DW, MID_DW))
+        if scheme == "expand_only":
+            return keep_fixed_except(arch, lambda d: d.kind == EXPAND)
         if scheme == "tunas_warmup" and torch.rand((), generator=generator) < 1 - step / (0.25 * steps):
             return largest
         return arch  # uniform, tunas_warmup after its warm-up, sandwich's random path
@@ -128,9 +157,12 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=4e-3)
     p.add_argument("--data", type=Path, default=REPO / "runs" / "nas_proxy" / "shapes48_20000",
                    help="the proxy's shapes set (written here if missing: 20,000 / 5,000 images at 48 px)")
+    p.add_argument("--shared-kernels", action="store_true", help="a DW slot's kernels share weights (see above)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.shared_kernels:
+        share_dw_kernels()
     if not (args.data / "train").is_dir():
         from mnv4.synthetic import synthetic_shapes
 
