@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data", type=Path, default=None, help="where the set is (written if missing; default: temp)")
+    p.add_argument("--runs", type=Path, default=None, help="keep each seed's run folder here (default: temp)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for seed in args.seeds:
             start = time.perf_counter()
-            result = train_segmenter(proxy_config(data, Path(tmp) / f"run{seed}", seed, args.threads))
+            result = train_segmenter(proxy_config(data, (args.runs or Path(tmp)) / f"seed{seed}", seed, args.threads))
             final = result.final
             minutes = (time.perf_counter() - start) / 60
             model, spec = load_segmenter(result.weights)
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                          "best_miou": result.best_miou, "pixel_accuracy": final["val_pixel_accuracy"],
                          "iou": dict(zip(data.class_names, iou, strict=True)), "steps": result.global_step,
                          "minutes": minutes})
-            print(f"seed {seed}: mIoU {final['val_miou']:.4f} (EMA {final.get('ema_miou', float('nan')):.4f}), "
-                  f"pixel acc {final['val_pixel_accuracy']:.4f}, {minutes:.1f} min; IoU per class: "
+            ema = f"EMA {final['ema_miou']:.4f}" if "ema_miou" in final else "no EMA"
+            print(f"seed {seed}: mIoU {final['val_miou']:.4f} ({ema}), pixel acc {final['val_pixel_accuracy']:.4f}, "
+                  f"{minutes:.1f} min; IoU per class: "
                   + ", ".join(f"{name} {v:.3f}" for name, v in rows[-1]["iou"].items()), flush=True)
     best = [r["best_miou"] for r in rows]
     summary = {"recipe": RECIPE, "data": {"train": TRAIN_IMAGES, "val": VAL_IMAGES, "size": SIZE,

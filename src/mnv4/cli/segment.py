@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "segment",
         help="semantic segmentation: LR-ASPP / DeepLabV3 with a MobileNetV4 backbone on mask folders or COCO",
         description="Segmenters from torchvision with a MobileNetV4 backbone: train on images + PNG label masks or "
-        "COCO instances, mIoU, coloured overlays and raw masks, params and MACs (docs/segmentation.md).",
+        "COCO instances, mIoU, coloured overlays and raw masks, export for phones checked against PyTorch, params and "
+        "MACs (docs/segmentation.md).",
     )
     seg_sub = p.add_subparsers(dest="segment_command", metavar="ACTION", required=True)
 
@@ -118,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "from --format or --out's suffix, --out checked before any work, the file moved into "
                            "place only after its check passes (argmax-mask agreement and logit error vs PyTorch; "
                            "int8: mask agreement and SQNR vs fp32), else nothing is written (exit 1).")
-    add_weights_arg(x)
+    add_weights_arg(x, device=False)
     add_format_args(x)
     x.add_argument("--size", type=SIZE, nargs=2, metavar=("H", "W"), default=None,
                    help="input size (default: the spec's image_size, square)")
@@ -141,7 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8: min signal-to-quantization-noise ratio of the logits in dB (default 13)")
     x.set_defaults(func=run_export)
 
-    m = seg_sub.add_parser("models", help="params and MACs of the segmenters next to torchvision's MobileNetV3 ones")
+    m = seg_sub.add_parser("models", help="params and MACs of the segmenters next to torchvision's MobileNetV3 ones",
+                           description="Params and MACs of LR-ASPP on Conv-S / Conv-M / ConvMediumSeg / Hybrid-M and "
+                           "DeepLabV3 on Conv-M (output stride 16) next to torchvision's MobileNetV3-Large "
+                           "segmenters, counted as torchvision counts them (the columns of "
+                           "benchmarks/segment_latency.py).")
     m.add_argument("--size", type=SIZE, default=512, help="square input side (default: %(default)s)")
     m.add_argument("--num-classes", type=number(int, Range(2)), default=21,
                    help="classes (default: %(default)s, VOC's)")
@@ -149,10 +154,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=run_models)
 
 
-def add_weights_arg(p: argparse.ArgumentParser) -> None:
+def add_weights_arg(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--weights", required=True, metavar="FILE",
                    help="a segmenter's model.safetensors (from mnv4 segment train or save_segmenter)")
-    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    if device:  # export traces and checks on the CPU: no --device there
+        p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
 
 
 def segment_config_from_args(args: argparse.Namespace) -> SegmentConfig:
@@ -239,9 +245,9 @@ def run_export(args: argparse.Namespace) -> int:
     from .export import precision_from_args
 
     check_input_file(args.weights, "--weights")
-    for flag, path in (("--calib", args.calib), ("--images", args.images)):
-        if path is not None and not path.exists():
-            raise UserError(f"{flag} {path} does not exist")
+    for flag, path in (("--calib", args.calib), ("--images", args.images)):  # by this command's flag names
+        if path is not None and not path.is_dir():
+            raise UserError(f"{flag} {path} " + ("is not a folder of images" if path.exists() else "does not exist"))
     cfg = ExportConfig(format=args.format, out=args.out, input_size=tuple(args.size) if args.size else None,
                        precision=precision_from_args(args), calib=args.calib, calib_images=args.calib_images,
                        eval_dir=args.images, check_images=args.check_images, opset=args.opset,

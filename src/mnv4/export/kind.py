@@ -1,9 +1,9 @@
 """What is exported: a ``ModelKind`` turns a model into the ``Exportable`` a format writes and says what "agrees
 with PyTorch" means for it (a ``mnv4.export.verify.Comparison``). The pipeline is the same for every kind.
 
-``Classifier`` (below) is what ``mnv4 export`` exports; ``mnv4.detection.export.Detector`` is ``mnv4 detect export``'s.
-A new kind (e.g. segmentation: argmax-mask agreement and logit error) is one more subclass next to its model code,
-passed as ``run_export(model, cfg, kind)``.
+``Classifier`` (below) is what ``mnv4 export`` exports; ``mnv4.detection.export.Detector`` is ``mnv4 detect export``'s,
+``mnv4.segmentation.export.Segmenter`` ``mnv4 segment export``'s. A new kind is one more subclass next to its model
+code, passed as ``run_export(model, cfg, kind)``.
 """
 
 from __future__ import annotations
