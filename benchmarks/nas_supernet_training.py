@@ -14,6 +14,7 @@ Schemes (what path each step trains):
 - fixed: one random architecture every step (= training that architecture alone);
 - largest: the largest path every step;
 - two_paths: the fixed architecture and the largest, alternately;
+- one_dw_slot: the fixed architecture with its first start DW slot off and 3x3 in turn;
 - depth_only / width_only / blocks_only / dw_only / expand_only: the fixed architecture with only its depths / only
   its widths / only its block decisions (DW slots and expansions) / only its DW slots / only its expansions drawn at
   random each step;
@@ -47,8 +48,8 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMES = ("fixed", "largest", "two_paths", "depth_only", "width_only", "blocks_only", "dw_only", "expand_only",
-           "uniform", "tunas_warmup", "sandwich")
+SCHEMES = ("fixed", "largest", "two_paths", "one_dw_slot", "depth_only", "width_only", "blocks_only", "dw_only",
+           "expand_only", "uniform", "tunas_warmup", "sandwich")
 
 
 def load_shapes(root: Path, per_class: int, skip: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +109,9 @@ def run_scheme(scheme: str, x, y, held_x, held_y, steps: int, lr: float, seed: i
             return largest
         if scheme == "two_paths":
             return largest if step % 2 else fixed
+        if scheme == "one_dw_slot":  # the fixed architecture, its first start DW slot none / 3x3 in turn
+            first = next(d.key for d in space.decisions if d.kind == START_DW)
+            return space.with_values(fixed, {first: 3 if step % 2 else 0})
         if scheme == "depth_only":
             return keep_fixed_except(arch, lambda d: d.kind == "depth")
         if scheme == "width_only":
