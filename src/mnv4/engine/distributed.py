@@ -126,3 +126,18 @@ def all_reduce_bn_statistics(model: nn.Module, world_size: int) -> None:
     for b in buffers:
         b.copy_(flat[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Every process takes rank ``src``'s buffers (BN running statistics). DDP broadcasts them before each training
+    forward, but the last forward of an epoch updates them on each rank from its own shard, so without this each rank
+    would validate a slightly different model from the one rank ``src`` saves."""
+    buffers = [b for b in module.buffers() if b.dtype.is_floating_point]
+    if not buffers:
+        return
+    flat = torch.cat([b.reshape(-1) for b in buffers])
+    dist.broadcast(flat, src=src)
+    offset = 0
+    for b in buffers:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import atomic_save, checkpoint_name, prune_checkpoints
 from .config import RunConfig
 from .device import wrap_for_training
-from .distributed import DistContext, all_reduce_gradients, barrier, main_process_first
+from .distributed import DistContext, all_reduce_gradients, barrier, broadcast_buffers, main_process_first
 from .guard import NonFiniteGuard
 from .metrics import MetricLog
 from .optim import Optimization
@@ -238,6 +238,10 @@ class Engine:
         row = {"epoch": state.epoch, "step": state.global_step,
                **{"train_" + name: value for name, value in state.totals.means().items()},
                "lr": state.optim.lr, "train_replaced": state.totals.replaced}
+        if ctx.enabled:  # validate on every rank, and save, the model rank 0 has
+            broadcast_buffers(state.model)
+            if state.ema is not None:
+                broadcast_buffers(state.ema)
         values, score = task.validate(self)
         row.update(values)
         new_best = False
