@@ -91,3 +91,13 @@ class ShardSampler:
     def __iter__(self) -> Iterator[list[SampleKey]]:
         for i in range(0, len(self.indices), self.batch_size):
             yield [(-1, j) for j in self.indices[i : i + self.batch_size]]
+
+
+def micro_batch_loader(dataset, collate_fn, cfg, ctx, plan, state) -> Iterator:
+    """The rest of ``state``'s epoch as a DataLoader over ``dataset`` (indexed by ``(epoch, index)``, as
+    ``MicroBatchSampler`` yields them): what a task whose dataset does its own seeded augmentation returns from
+    ``micro_batches`` (detection, segmentation). ``cfg`` gives ``global_batch``, ``seed`` and ``workers``."""
+    sampler = MicroBatchSampler(len(dataset), cfg.global_batch, ctx.world_size, ctx.rank, plan.accum, cfg.seed,
+                                state.epoch, state.step_in_epoch)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.workers,
+                                            collate_fn=collate_fn, pin_memory=ctx.device.type == "cuda"))

@@ -28,7 +28,7 @@ from ..engine.checkpoint import checkpoint_to_resume
 from ..engine.device import autocast, device_defaults, make_ema, place_model, run_scope
 from ..engine.distributed import DistContext, main_process_first
 from ..engine.metrics import BadFileLog
-from ..engine.seeds import MicroBatchSampler
+from ..engine.seeds import micro_batch_loader
 from ..errors import UserError
 from .config import SegmentConfig, segment_config_from_dict
 from .data import (
@@ -179,12 +179,7 @@ class SegmentationTask(Task):
         self.val_bad = BadFileLog("skipped undecodable validation image")
 
     def micro_batches(self, state):
-        cfg, ctx, plan = self.cfg, self.ctx, self.plan
-        sampler = MicroBatchSampler(len(self.train_set), cfg.global_batch, ctx.world_size, ctx.rank, plan.accum,
-                                    cfg.seed, state.epoch, state.step_in_epoch)
-        loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.workers,
-                                             collate_fn=collate_segmentation, pin_memory=ctx.device.type == "cuda")
-        return iter(loader)
+        return micro_batch_loader(self.train_set, collate_segmentation, self.cfg, self.ctx, self.plan, state)
 
     def replaced(self) -> int:
         return self.bad_log.count
