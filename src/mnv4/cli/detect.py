@@ -21,7 +21,7 @@ from ._common import (
     run_command,
     run_flags,
 )
-from .export import add_format_args
+from .export import add_format_args, report_export
 
 TRAIN_FLAGS: list[Flag] = [
     Flag("--arch", "arch", "retinanet (the paper's, 384 px) or ssdlite (torchvision's SSDLite design, 320 px)"),
@@ -193,12 +193,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exporting {spec.arch} / {spec.backbone} (traced at {spec.size} px) to {cfg.format} -> {cfg.out}",
           flush=True)
     result = run_export(model, cfg, Detector(images, spec.size))
-    for note in result.notes:
-        print(note)
-    if result.check is not None:
-        print(result.check.summary())
-    if not result.ok:
-        print(f"mnv4 detect: error: {result.check.summary()}; nothing was written to {cfg.out}", file=sys.stderr)
+    if not report_export(result, cfg, "mnv4 detect"):
         return 1
     nms = "NonMaxSuppression" in graph_op_types(result.path)
     print(f"wrote {result.path} (input image (1,3,H,W) in [0,1]; outputs boxes/scores/labels; NMS inside the graph: "

@@ -118,19 +118,28 @@ def run(args: argparse.Namespace) -> int:
     what = f"{cfg.format} {cfg.precision}"
     print(f"exporting {model.spec.name} at {size[0]}x{size[1]} to {what} -> {cfg.out}", flush=True)
     result = run_export(model, cfg)
+    rows = []
+    if result.accuracy:
+        reference, exported = result.accuracy
+        rows = [reference.row(), exported.row(),
+                f"top-1 delta vs PyTorch fp32: {100 * (exported.top1 - reference.top1):+.2f} points"]
+    if not report_export(result, cfg, "mnv4 export", rows):
+        return 1
+    print(f"wrote {result.path}")
+    return 0
+
+
+def report_export(result, cfg, prog: str, rows: list[str] = ()) -> bool:
+    """What every export command prints after ``run_export``: the pipeline's notes, the check's summary and any
+    extra ``rows``; when the check failed, one error line saying nothing was written (False)."""
     for note in result.notes:
         print(note)
     if result.check is not None:
         print(result.check.summary())
-    if result.accuracy:
-        reference, exported = result.accuracy
-        print(reference.row())
-        print(exported.row())
-        print(f"top-1 delta vs PyTorch fp32: {100 * (exported.top1 - reference.top1):+.2f} points")
-    if not result.ok:
-        print(f"mnv4 export: error: {result.check.summary()}; nothing was written to {cfg.out}"
-              + (" (lower --min-agreement / --min-sqnr to accept it)" if cfg.precision == "int8" else ""),
-              file=sys.stderr)
-        return 1
-    print(f"wrote {result.path}")
-    return 0
+    for row in rows:
+        print(row)
+    if result.ok:
+        return True
+    hint = " (lower --min-agreement / --min-sqnr to accept it)" if cfg.precision == "int8" else ""
+    print(f"{prog}: error: {result.check.summary()}; nothing was written to {cfg.out}{hint}", file=sys.stderr)
+    return False

@@ -25,7 +25,7 @@ from ._common import (
     run_command,
     run_flags,
 )
-from .export import add_format_args
+from .export import add_format_args, report_export
 
 TRAIN_FLAGS: list[Flag] = [
     Flag("--arch", "arch", "lraspp (torchvision's LR-ASPP, the phone-sized head) or deeplabv3 (ASPP)"),
@@ -260,12 +260,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"exporting {spec.arch} / {spec.backbone} at {size[0]}x{size[1]} to {cfg.format} {cfg.precision} -> "
           f"{cfg.out}", flush=True)
     result = run_export(model, cfg, kind)
-    for note in result.notes:
-        print(note)
-    if result.check is not None:
-        print(result.check.summary())
-    if not result.ok:
-        print(f"mnv4 segment: error: {result.check.summary()}; nothing was written to {cfg.out}", file=sys.stderr)
+    if not report_export(result, cfg, "mnv4 segment"):
         return 1
     print(f"wrote {result.path} (input: normalised image (N,3,{size[0]},{size[1]}), mean {spec.mean}, std "
           f"{spec.std}; output: logits (N,{spec.num_classes},{size[0]},{size[1]}), argmax = the class)")
